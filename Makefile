@@ -1,0 +1,43 @@
+# Bastion: `make demo` and `make test` set up everything they need on a fresh Debian machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DATA ?= $(CURDIR)/demo-data
+LISTEN ?= 127.0.0.1:8022
+
+.PHONY: demo test bench bench-full system venv clean
+
+system:
+	@missing=""; \
+	[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || missing="$$missing openssh-server"; \
+	command -v ssh >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || missing="$$missing openssh-client"; \
+	$(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP)
+
+demo: system venv
+	$(BIN)/bastion demo --data-dir $(DATA) --listen $(LISTEN)
+
+test: system venv
+	$(BIN)/pytest -q -ra
+
+bench: system venv
+	$(BIN)/python -m bench.run --quick
+
+bench-full: system venv
+	$(BIN)/python -m bench.run --full
+
+clean:
+	rm -rf $(VENV) demo-data .pytest_cache

@@ -1,0 +1,1 @@
+"""Audit: typed events, the hash-chained log, and its verification."""

@@ -1,0 +1,157 @@
+"""Typed audit events; each names its type and carries no secrets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+_COMMON = ("actor", "source", "target", "session_id", "outcome")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Fields every event has; subclasses add their own, which become `details`."""
+
+    type: ClassVar[str] = "event"
+    actor: str = ""
+    source: str = ""
+    target: str = ""
+    session_id: str = ""
+    outcome: str = "success"
+
+    @property
+    def event_type(self) -> str:
+        return self.type
+
+    def details(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _COMMON}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSuccess(Event):
+    type: ClassVar[str] = "auth.success"
+    method: str
+    level: int
+    methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthFailure(Event):
+    type: ClassVar[str] = "auth.failure"
+    outcome: str = "failure"
+    method: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionStart(Event):
+    type: ClassVar[str] = "session.start"
+    kind: str
+    account: str
+    command: str = ""
+    level: int = 1
+    methods: tuple[str, ...] = ()
+    connection_id: str = ""
+    grant_id: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionDenied(Event):
+    type: ClassVar[str] = "session.denied"
+    outcome: str = "denied"
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionEnd(Event):
+    type: ClassVar[str] = "session.end"
+    reason: str
+    bytes_up: int = 0
+    bytes_down: int = 0
+    exit_status: int | None = None
+    duration: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transfer(Event):
+    type: ClassVar[str] = "transfer"
+    protocol: str
+    direction: str  # upload | download
+    path: str
+    size: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferDenied(Event):
+    type: ClassVar[str] = "transfer.denied"
+    outcome: str = "denied"
+    protocol: str
+    operation: str
+    path: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Forward(Event):
+    type: ClassVar[str] = "forward"
+    dest_host: str
+    dest_port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardDenied(Event):
+    type: ClassVar[str] = "forward.denied"
+    outcome: str = "denied"
+    kind: str
+    dest_host: str = ""
+    dest_port: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostKeyMismatch(Event):
+    type: ClassVar[str] = "hostkey.mismatch"
+    outcome: str = "failure"
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamFailure(Event):
+    type: ClassVar[str] = "upstream.failure"
+    outcome: str = "failure"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordingFailure(Event):
+    type: ClassVar[str] = "recording.failure"
+    outcome: str = "failure"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordingRead(Event):
+    type: ClassVar[str] = "recording.read"
+    purpose: str  # export | replay
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminChange(Event):
+    """An administrative change; `action` names it (e.g. "user.add") and becomes the event type."""
+
+    action: str
+    object: str
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+    @property
+    def event_type(self) -> str:
+        return f"admin.{self.action}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectionRefused(Event):
+    type: ClassVar[str] = "connection.refused"
+    outcome: str = "refused"
+    reason: str

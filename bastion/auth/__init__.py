@@ -1,0 +1,1 @@
+"""Authentication: identities, levels, factors and the per-connection flow (front-end neutral)."""

@@ -1,0 +1,276 @@
+"""One settings table (name, default, help), loaded from bastion.toml and BASTION_* variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from bastion.errors import ConfigError
+
+CONFIG_FILE = "bastion.toml"
+ENV_PREFIX = "BASTION_"
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number") from None
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be an integer")
+    try:
+        number = int(str(value), 10) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be an integer") from None
+    if isinstance(value, float) and value != number:
+        raise ValueError("must be an integer")
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _level(value: Any) -> int:
+    number = _positive_int(value)
+    if number not in (1, 2, 3):
+        raise ValueError("must be 1, 2 or 3")
+    return number
+
+
+def _nonempty_str(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    if any(ord(c) < 32 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _optional_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if any(ord(c) < 32 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def parse_host_port(value: Any) -> tuple[str, int]:
+    """Parse HOST:PORT (IPv6 as [::1]:PORT); raise ValueError with the reason."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("must be HOST:PORT")
+    host, _, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(c.isspace() for c in host):
+        raise ValueError("must be HOST:PORT")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("port must be 0-65535")
+    return host, int(port_text)
+
+
+def _listen(value: Any) -> str:
+    parse_host_port(value)
+    return value
+
+
+def _cidr_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("must be a list of addresses or networks")
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise ValueError(f"not an address or network: {str(item)[:60]!r}") from None
+    return tuple(str(item) for item in value)
+
+
+def _database_url(value: Any) -> str:
+    text = _optional_str(value)
+    if text and not text.startswith(("sqlite", "postgresql")):
+        raise ValueError("must be a sqlite:// or postgresql:// URL")
+    return text
+
+
+def _log_level(value: Any) -> str:
+    text = _nonempty_str(value).lower()
+    if text not in ("debug", "info", "warning", "error"):
+        raise ValueError("must be debug, info, warning or error")
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("listen", "127.0.0.1:8022", "HOST:PORT of the single gateway port (SSH and HTTPS)", _listen),
+    Setting("node_name", "", "name of this gateway node in sessions and audit (default: host name)", _optional_str),
+    Setting("database_url", "", "SQLAlchemy URL; empty means SQLite in the data directory", _database_url),
+    Setting("log_level", "info", "debug, info, warning or error", _log_level),
+    Setting("listener.sniff_timeout", 3.0,
+            "seconds to wait for a client's first bytes before treating it as SSH", _positive_float),
+    Setting("listener.max_unauthenticated", 256,
+            "connections allowed at once before they authenticate; more are closed at once", _positive_int),
+    Setting("listener.proxy_protocol_from", (),
+            "addresses/networks of load balancers allowed to send PROXY protocol v2", _cidr_list),
+    Setting("listener.tls_handshake_timeout", 10.0, "seconds allowed for a TLS handshake", _positive_float),
+    Setting("ssh.login_timeout", 60.0, "seconds a client has to authenticate", _positive_float),
+    Setting("ssh.rekey_bytes", 1 << 30, "bytes after which session keys are renewed", _positive_int),
+    Setting("ssh.rekey_seconds", 3600.0, "seconds after which session keys are renewed", _positive_float),
+    Setting("ssh.keepalive_interval", 30.0, "seconds between keepalives to idle clients", _positive_float),
+    Setting("ssh.post_quantum_only", False,
+            "offer only post-quantum hybrid key exchange (needs OpenSSH 9.9+ clients)", _bool),
+    Setting("ssh.window", 8 << 20, "SSH channel window in bytes (larger moves bulk data faster)", _positive_int),
+    Setting("upstream.connect_timeout", 10.0, "seconds to connect and authenticate to a target", _positive_float),
+    Setting("auth.default_min_level", 1, "level a target demands when it names none (1, 2 or 3)", _level),
+    Setting("recording.dir", "", "where recordings are written; empty means <data dir>/recordings", _optional_str),
+    Setting("recording.flush_interval", 1.0, "seconds between recording flushes (bounds what a crash loses)",
+            _positive_float),
+    Setting("recording.chunk_bytes", 64 * 1024, "uncompressed bytes per sealed recording chunk", _positive_int),
+    Setting("recording.queue_events", 4096, "events buffered per session before the session waits", _positive_int),
+    Setting("recording.echo_window", 1.0,
+            "seconds to wait for a target to echo input before recording it as hidden", _positive_float),
+    Setting("policy.recheck_interval", 15.0,
+            "seconds between re-checks of live sessions against grants (revocation, expiry)", _positive_float),
+)
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def env_name(setting_name: str) -> str:
+    """BASTION_ variable for a setting: dots and dashes become underscores."""
+    return ENV_PREFIX + setting_name.upper().replace(".", "_").replace("-", "_")
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings plus the data directory they belong to."""
+
+    data_dir: Path
+    values: Mapping[str, Any]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        return parse_host_port(self.values["listen"])
+
+    @property
+    def node_name(self) -> str:
+        return self.values["node_name"] or socket.gethostname()
+
+    @property
+    def database_url(self) -> str:
+        return self.values["database_url"] or f"sqlite+aiosqlite:///{self.data_dir / 'bastion.db'}"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return Path(self.values["recording.dir"] or self.data_dir / "recordings")
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    def replace(self, **changes: Any) -> "Config":
+        values = dict(self.values)
+        for name, value in changes.items():
+            values[name.replace("__", ".")] = _validate(name.replace("__", "."), value, "override")
+        return Config(self.data_dir, values)
+
+
+def _validate(name: str, raw: Any, source: str) -> Any:
+    setting = _BY_NAME.get(name)
+    if setting is None:
+        raise ConfigError(f"config error: {name}: unknown setting ({source})")
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        shown = repr(raw) if len(repr(raw)) <= 60 else repr(raw)[:57] + "..."
+        raise ConfigError(f"config error: {name}: {exc} (got {shown} from {source})") from None
+
+
+def load_config(data_dir: Path | str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read bastion.toml and BASTION_* overrides, validate every value once."""
+    data_dir = Path(data_dir)
+    environ = os.environ if environ is None else environ
+    values = {setting.name: setting.default for setting in SETTINGS}
+    path = data_dir / CONFIG_FILE
+    if path.exists():
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config error: {path.name}: not valid TOML ({exc})") from None
+        for name, raw in _flatten(table).items():
+            values[name] = _validate(name, raw, CONFIG_FILE)
+    known_env = {env_name(setting.name): setting.name for setting in SETTINGS}
+    for key, raw in environ.items():
+        if key in known_env:
+            values[known_env[key]] = _validate(known_env[key], raw, key)
+    return Config(data_dir, values)
+
+
+def render_default_toml(listen: str) -> str:
+    """The bastion.toml that `init` writes: every setting, commented, with its help."""
+    lines = ["# Bastion settings. Each can also be set with its BASTION_* environment variable.", ""]
+    section = None
+    for setting in SETTINGS:
+        head, _, key = setting.name.rpartition(".")
+        if head != section and head:
+            lines += ["", f"[{head}]"]
+            section = head
+        value = listen if setting.name == "listen" else setting.default
+        lines.append(f"# {setting.help} ({env_name(setting.name)})")
+        rendered = _toml_value(value)
+        lines.append(f"{key} = {rendered}" if setting.name == "listen" else f"# {key} = {rendered}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,116 @@
+"""`bastion demo`: a data dir, a demo target, demo users and grants, then the gateway."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from bastion.config import load_config
+from bastion.datadir import init_data_dir
+from bastion.errors import Conflict
+from bastion.localsshd import LocalSshd, find_sshd
+
+CREDENTIALS = "demo-credentials.json"
+DEMO_USERS = (("alice", ["user"], "shell,exec,sftp-read,sftp-write"), ("bob", ["user"], "shell,sftp-read"),
+              ("admin", ["admin"], None), ("auditor", ["auditor"], None))
+
+
+def _credentials(data_dir: Path) -> dict[str, str]:
+    path = data_dir / CREDENTIALS
+    if path.exists():
+        return json.loads(path.read_text())
+    creds = {name: secrets.token_urlsafe(12) for name, _, _ in DEMO_USERS}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(creds, handle)
+    return creds
+
+
+async def _provision(services: Any, target_host: str, target_port: int, host_key: str, login: str,
+                     authorize: Callable[[str], None], creds: dict[str, str]) -> None:
+    admin = services.admin(actor="demo")
+    existing = {t["name"]: t for t in await admin.list_targets()}
+    if "web01" in existing:
+        await admin.update_target_address("web01", target_host, target_port, host_key)
+    else:
+        await admin.add_target("web01", target_host, target_port, host_key)
+    if not any(a["login"] == login for a in existing.get("web01", {}).get("accounts", [])):
+        account = await admin.add_account("web01", login, generate=True)
+        authorize(account["public_key"])
+    users = {u["name"] for u in await admin.list_users()}
+    for name, roles, actions in DEMO_USERS:
+        if name in users:
+            continue
+        await admin.add_user(name, roles=roles, password=creds[name])
+        if actions:
+            await admin.add_grant(user=name, target="web01", account=login, actions=actions.split(","))
+
+
+async def run_demo(data_dir: Path, listen: str,
+                   serve: Callable[[Any, Callable[[tuple[str, int]], None]], Awaitable[int]]) -> int:
+    from bastion.services import Services
+
+    data_dir = data_dir.absolute()
+    if not (data_dir / "bastion.toml").exists():
+        try:
+            await init_data_dir(data_dir, listen=listen)
+        except Conflict:
+            raise
+    config = load_config(data_dir)
+    login = getpass.getuser()
+    creds = _credentials(data_dir)
+    target_dir = data_dir / "demo-target"
+    sshd = None
+    embedded = None
+    if find_sshd():
+        sshd = LocalSshd(target_dir).start()
+        host, port, host_key = sshd.host, sshd.port, sshd.host_key_pub.read_text()
+        authorize = lambda public: sshd.authorize(login, public)  # noqa: E731
+    else:
+        from bastion.embeddedtarget import EmbeddedTarget
+
+        embedded = await EmbeddedTarget.start(target_dir)
+        host, port, host_key = embedded.host, embedded.port, embedded.host_key
+        authorize = embedded.authorize
+    try:
+        services = await Services.open(config)
+        try:
+            await _provision(services, host, port, host_key, login, authorize, creds)
+        finally:
+            await services.close()
+        if embedded is not None:
+            embedded.reload_keys()
+
+        def announce(address: tuple[str, int]) -> None:
+            gw_host, gw_port = address
+            kind = "OpenSSH sshd" if sshd else "embedded SSH server"
+            print(f"""
+Bastion demo is running on {gw_host}:{gw_port} (SSH and HTTPS on one port).
+Demo target web01 = {kind} on {host}:{port}, account '{login}' (the bastion holds its key).
+
+Users (passwords are also in {data_dir / CREDENTIALS}):
+  alice    {creds['alice']}    shell, exec, sftp-read, sftp-write on web01
+  bob      {creds['bob']}    shell, sftp-read on web01 (scp uploads are refused)
+  admin    {creds['admin']}
+  auditor  {creds['auditor']}
+
+Try:
+  ssh -p {gw_port} alice:web01@{gw_host}               # shell on web01, recorded
+  ssh -p {gw_port} alice@{gw_host}                     # menu of alice's targets
+  ssh -p {gw_port} alice:web01@{gw_host} uname -a      # exec
+  scp -P {gw_port} README.md 'alice#web01@{gw_host}:/tmp/'
+  export BASTION_DATA_DIR={data_dir}
+  bastion sessions list
+  bastion recording export SESSION_ID -o s.cast && asciinema play s.cast
+Stop with Ctrl-C.""", flush=True)
+
+        return await serve(config, announce)
+    finally:
+        if sshd is not None:
+            sshd.stop()
+        if embedded is not None:
+            await embedded.stop()

@@ -1,0 +1,62 @@
+"""Assembles a running gateway: services, front-ends and the single-port listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bastion.config import Config
+from bastion.console.app import ConsoleServer
+from bastion.listener import Listener
+from bastion.services import Services
+from bastion.ssh.frontend import SSHFrontEnd
+
+log = logging.getLogger("bastion")
+SHUTDOWN_GRACE = 5.0
+
+
+class Gateway:
+    """Start and stop everything that serves the port."""
+
+    def __init__(self, services: Services):
+        self.services = services
+        self.ssh = SSHFrontEnd(services)
+        self.console = ConsoleServer(services.config)
+        self.listener = Listener(services.config, self.ssh.handle, self.console.handle)
+
+    async def start(self) -> tuple[str, int]:
+        sealed = await self.services.recordings.seal_abandoned()
+        if sealed:
+            log.warning("sealed %d recording(s) left open by an earlier crash as truncated", sealed)
+        await self.console.start()
+        address = await self.listener.start()
+        self.services.sessions.start_rechecks()
+        return address
+
+    async def stop(self) -> None:
+        await self.listener.close()
+        for live in self.services.sessions.live():
+            live.terminate("the gateway is shutting down")
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
+        while self.services.sessions.live() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.console.close()
+        await self.services.close()
+
+
+async def serve(config: Config, ready: "asyncio.Future[tuple[str, int]] | None" = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or forever)."""
+    services = await Services.open(config)
+    gateway = Gateway(services)
+    try:
+        address = await gateway.start()
+    except BaseException:
+        await services.close()
+        raise
+    if ready is not None:
+        ready.set_result(address)
+    try:
+        await (stop.wait() if stop is not None else asyncio.Event().wait())
+    finally:
+        await asyncio.shield(gateway.stop())

@@ -1,0 +1,225 @@
+"""The one decision point: may this identity use this target, account and action now?
+
+Only this module creates `TargetAuthorization` and `ChannelAuthorization`; upstream
+connections and bridges accept nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from bastion.auth.identity import Identity
+from bastion.store.models import Grant, Target, TargetAccount, User
+
+ACTIONS = ("shell", "exec", "sftp-read", "sftp-write", "forward")
+_MINT = object()  # only this module holds it
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    id: int
+    name: str
+    host: str
+    port: int
+    host_keys: str
+
+
+@dataclass(frozen=True)
+class AccountRef:
+    id: int
+    login: str
+
+
+@dataclass(frozen=True)
+class TargetAuthorization:
+    """Permission for one identity to reach one account on one target, until `valid_until`."""
+
+    identity: Identity
+    target: TargetRef
+    account: AccountRef
+    actions: frozenset[str]
+    grant_ids: tuple[int, ...]
+    valid_until: dt.datetime | None
+    decided_at: dt.datetime
+    _mint: object = field(repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self._mint is not _MINT:
+            raise TypeError("TargetAuthorization is created only by bastion.policy")
+
+    def allows(self, action: str) -> bool:
+        return action in self.actions
+
+
+@dataclass(frozen=True)
+class ChannelAuthorization:
+    """Permission to open one channel of one kind under a TargetAuthorization."""
+
+    target_authorization: TargetAuthorization
+    action: str
+    _mint: object = field(repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self._mint is not _MINT:
+            raise TypeError("ChannelAuthorization is created only by bastion.policy")
+
+
+@dataclass(frozen=True)
+class Allow:
+    authorization: TargetAuthorization
+
+
+@dataclass(frozen=True)
+class AllowChannel:
+    authorization: ChannelAuthorization
+
+
+@dataclass(frozen=True)
+class StepUp:
+    level: int
+    reason: str = "higher authentication level required"
+
+
+@dataclass(frozen=True)
+class Deny:
+    reason: str  # for the audit log; users see one generic message
+    ambiguous_accounts: tuple[str, ...] = ()
+
+
+Decision = Allow | StepUp | Deny
+
+
+@dataclass(frozen=True)
+class GrantFacts:
+    """What a grant says, detached from the database."""
+
+    id: int
+    account_id: int
+    account_login: str
+    actions: frozenset[str]
+    valid_from: dt.datetime | None
+    valid_until: dt.datetime | None
+    min_level: int | None
+    revoked: bool
+
+
+def grant_is_current(grant: GrantFacts, now: dt.datetime) -> bool:
+    if grant.revoked:
+        return False
+    if grant.valid_from is not None and now < grant.valid_from:
+        return False
+    if grant.valid_until is not None and now >= grant.valid_until:
+        return False
+    return True
+
+
+def decide(identity: Identity, user_active: bool, target: TargetRef | None, target_min_level: int | None,
+           account_levels: dict[int, int | None], grants: Sequence[GrantFacts], account_login: str | None,
+           default_level: int, now: dt.datetime) -> Decision:
+    """Pure decision from facts; no I/O."""
+    if not user_active:
+        return Deny("user disabled")
+    if target is None:
+        return Deny("no such target")
+    current = [g for g in grants if grant_is_current(g, now)]
+    if account_login is not None:
+        current = [g for g in current if g.account_login == account_login]
+    if not current:
+        return Deny("no current grant")
+    logins = sorted({g.account_login for g in current})
+    if len(logins) > 1:
+        return Deny("several accounts granted", ambiguous_accounts=tuple(logins))
+    account_id = current[0].account_id
+    demanded = max([target_min_level or default_level, account_levels.get(account_id) or 1]
+                   + [g.min_level or 1 for g in current])
+    # A grant at a level the identity has not reached does not count; if no grant is
+    # usable at the current level, the user must step up to the lowest usable demand.
+    if identity.level < demanded:
+        return StepUp(demanded)
+    actions = frozenset().union(*(g.actions for g in current))
+    untils = [g.valid_until for g in current]
+    valid_until = None if any(u is None for u in untils) else max(u for u in untils if u is not None)
+    return Allow(TargetAuthorization(
+        identity=identity, target=target, account=AccountRef(account_id, logins[0]), actions=actions,
+        grant_ids=tuple(sorted(g.id for g in current)), valid_until=valid_until, decided_at=now, _mint=_MINT))
+
+
+def decide_channel(authorization: TargetAuthorization, action: str, now: dt.datetime) -> AllowChannel | Deny:
+    """May a channel of kind `action` open under this authorization at `now`?"""
+    if authorization.valid_until is not None and now >= authorization.valid_until:
+        return Deny("grant expired")
+    if action not in authorization.actions:
+        return Deny(f"action {action} not granted")
+    return AllowChannel(ChannelAuthorization(authorization, action, _mint=_MINT))
+
+
+@dataclass(frozen=True)
+class GrantedTarget:
+    """One line of a user's menu: a target and an account they may use."""
+
+    target: str
+    account: str
+    actions: frozenset[str]
+
+
+class Policy:
+    """Loads the facts a decision needs and hands them to `decide`."""
+
+    def __init__(self, sessionmaker: async_sessionmaker, default_level: int):
+        self._sessionmaker = sessionmaker
+        self._default_level = default_level
+
+    async def _user_grants(self, db, user: User, target_id: int | None = None) -> list[tuple[Grant, TargetAccount]]:
+        subjects = or_((Grant.subject_kind == "user") & (Grant.subject == user.name),
+                       (Grant.subject_kind == "group") & (Grant.subject.in_(list(user.groups or []))))
+        query = select(Grant, TargetAccount).join(TargetAccount, Grant.account_id == TargetAccount.id).where(subjects)
+        if target_id is not None:
+            query = query.where(Grant.target_id == target_id)
+        return list((await db.execute(query)).all())
+
+    @staticmethod
+    def _facts(rows: Iterable[tuple[Grant, TargetAccount]]) -> list[GrantFacts]:
+        return [GrantFacts(g.id, a.id, a.login, frozenset(g.actions), g.valid_from, g.valid_until, g.min_level,
+                           g.revoked_at is not None) for g, a in rows]
+
+    async def authorize_target(self, identity: Identity, target_name: str, account_login: str | None,
+                               now: dt.datetime) -> Decision:
+        async with self._sessionmaker() as db:
+            user = await db.get(User, identity.user_id)
+            target = (await db.execute(select(Target).where(Target.name == target_name))).scalar_one_or_none()
+            if user is None:
+                return Deny("no such user")
+            if target is None:
+                return decide(identity, user.status == "active", None, None, {}, [], account_login,
+                              self._default_level, now)
+            rows = await self._user_grants(db, user, target.id)
+            ref = TargetRef(target.id, target.name, target.host, target.port, target.host_keys)
+            levels = {a.id: a.min_level for _, a in rows}
+            return decide(identity, user.status == "active", ref, target.min_level, levels, self._facts(rows),
+                          account_login, self._default_level, now)
+
+    async def granted_targets(self, identity: Identity, now: dt.datetime) -> list[GrantedTarget]:
+        """Targets and accounts this identity holds a current grant for (menu)."""
+        async with self._sessionmaker() as db:
+            user = await db.get(User, identity.user_id)
+            if user is None or user.status != "active":
+                return []
+            rows = await self._user_grants(db, user)
+            names = {t.id: t.name for t in (await db.execute(select(Target))).scalars()}
+        merged: dict[tuple[str, str], set[str]] = {}
+        for grant, account in rows:
+            facts = self._facts([(grant, account)])[0]
+            if grant_is_current(facts, now):
+                merged.setdefault((names[grant.target_id], account.login), set()).update(grant.actions)
+        return [GrantedTarget(t, a, frozenset(acts)) for (t, a), acts in sorted(merged.items())]
+
+    async def recheck(self, authorization: TargetAuthorization, now: dt.datetime) -> bool:
+        """Does the authorization still hold (grant not revoked or expired, user active)?"""
+        decision = await self.authorize_target(authorization.identity, authorization.target.name,
+                                               authorization.account.login, now)
+        return isinstance(decision, Allow)

@@ -1,0 +1,1 @@
+"""Publishing datasets with view/download grants (not built yet: see README)."""

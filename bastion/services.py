@@ -1,0 +1,71 @@
+"""The container handed to front-ends: store, vault, policy, audit, recorder, sessions, clock."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from bastion.admin import Admin
+from bastion.audit.log import AuditLog
+from bastion.auth.flow import Authenticator
+from bastion.clock import Clock
+from bastion.config import Config
+from bastion.keys import load_node_key
+from bastion.policy import Policy
+from bastion.recorder.store import RecordingStore
+from bastion.sessions.registry import SessionRegistry
+from bastion.sessions.upstream import UpstreamConnector
+from bastion.store.engine import make_engine, make_sessionmaker
+from bastion.store.migrate import upgrade
+from bastion.vault import Vault
+
+log = logging.getLogger("bastion")
+
+
+@dataclass
+class Services:
+    config: Config
+    clock: Clock
+    engine: AsyncEngine
+    db: async_sessionmaker
+    vault: Vault
+    audit: AuditLog
+    policy: Policy
+    authenticator: Authenticator
+    recordings: RecordingStore
+    sessions: SessionRegistry
+    upstream: UpstreamConnector
+    executor: ThreadPoolExecutor
+
+    @classmethod
+    async def open(cls, config: Config, clock: Clock | None = None, migrate: bool = True) -> "Services":
+        clock = clock or Clock()
+        vault = Vault.load(config.keys_dir)
+        node_key = load_node_key(config.keys_dir)
+        engine = make_engine(config.database_url)
+        try:
+            if migrate:
+                await upgrade(engine)
+            db = make_sessionmaker(engine)
+            audit = AuditLog(db, config.node_name, clock)
+            policy = Policy(db, config["auth.default_min_level"])
+            executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bastion-rec")
+            recordings = RecordingStore(config, vault, node_key, db, clock, executor=executor)
+            sessions = SessionRegistry(db, audit, policy, recordings, clock, config.node_name,
+                                       config["policy.recheck_interval"])
+            return cls(config, clock, engine, db, vault, audit, policy, Authenticator(db, audit, clock), recordings,
+                       sessions, UpstreamConnector(config, db, vault, audit), executor)
+        except BaseException:
+            await engine.dispose()
+            raise
+
+    def admin(self, actor: str = "cli", source: str = "local") -> Admin:
+        return Admin(self.db, self.vault, self.audit, self.clock, actor=actor, source=source)
+
+    async def close(self) -> None:
+        await self.sessions.stop()
+        self.executor.shutdown(wait=True)
+        await self.engine.dispose()

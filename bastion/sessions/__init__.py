@@ -1,0 +1,1 @@
+"""The protocol-neutral session core: live registry, upstream connections, and the bridge."""

@@ -1,0 +1,184 @@
+"""Live sessions: start and end rows, recordings, termination, and re-checks against grants."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from bastion.audit.events import RecordingFailure, SessionEnd, SessionStart
+from bastion.audit.log import AuditLog
+from bastion.clock import Clock
+from bastion.errors import RecordingError
+from bastion.policy import ChannelAuthorization, Policy
+from bastion.store.models import Session
+
+log = logging.getLogger("bastion.sessions")
+
+
+@dataclass
+class LiveSession:
+    """One recorded channel to a target (shell, exec, sftp or forward)."""
+
+    id: str
+    connection_id: str
+    authorization: ChannelAuthorization
+    kind: str
+    command: str
+    started: float
+    recorder: object
+    terminate_cb: Callable[[str], None]
+    bytes_up: int = 0
+    bytes_down: int = 0
+    exit_status: int | None = None
+    ended: bool = False
+    end_reason: str = ""
+
+    @property
+    def user(self) -> str:
+        return self.authorization.target_authorization.identity.name
+
+    @property
+    def target(self) -> str:
+        return self.authorization.target_authorization.target.name
+
+    def terminate(self, reason: str) -> None:
+        """Ask the front-end to end the session now, telling the user `reason`."""
+        if not self.ended:
+            self.end_reason = self.end_reason or reason
+            self.terminate_cb(reason)
+
+
+@dataclass
+class SessionRegistry:
+    """Creates, tracks and ends live sessions on this node."""
+
+    sessionmaker: async_sessionmaker
+    audit: AuditLog
+    policy: Policy
+    recordings: object  # bastion.recorder.store.RecordingStore
+    clock: Clock
+    node: str
+    recheck_interval: float
+    _live: dict[str, LiveSession] = field(default_factory=dict)
+    _recheck_task: asyncio.Task | None = None
+
+    def live(self) -> list[LiveSession]:
+        return list(self._live.values())
+
+    def get(self, session_id: str) -> LiveSession | None:
+        return self._live.get(session_id)
+
+    async def begin(self, authorization: ChannelAuthorization, *, kind: str, command: str, connection_id: str,
+                    width: int, height: int, term: str, echo_tracking: bool,
+                    terminate_cb: Callable[[str], None]) -> LiveSession:
+        """Insert the session row, open its recording (fail closed) and audit the start."""
+        target_auth = authorization.target_authorization
+        identity = target_auth.identity
+        session_id = str(uuid.uuid4())
+        now = self.clock.now()
+        async with self.sessionmaker() as db, db.begin():
+            db.add(Session(id=session_id, connection_id=connection_id, user_name=identity.name,
+                           target_name=target_auth.target.name, account_login=target_auth.account.login,
+                           kind=kind, command=command[:4096], source_addr=identity.source_addr,
+                           source_port=identity.source_port, node=self.node, level=identity.level,
+                           methods=list(identity.methods), grant_id=target_auth.grant_ids[0], started_at=now))
+        holder: dict[str, LiveSession] = {}
+
+        def recording_failed(reason: str) -> None:
+            live = holder.get("live")
+            if live is not None:
+                asyncio.get_running_loop().create_task(self._recording_failed(live, reason))
+
+        title = f"{identity.name} \u2192 {target_auth.account.login}@{target_auth.target.name}"
+        try:
+            recorder = await self.recordings.open(session_id, width=width, height=height, term=term, title=title,
+                                                  echo_tracking=echo_tracking, on_failure=recording_failed)
+        except RecordingError as exc:
+            await self.audit.emit(RecordingFailure(actor=identity.name, source=identity.source_addr,
+                                                   target=target_auth.target.name, session_id=session_id,
+                                                   reason=exc.safe_message))
+            await self._close_row(session_id, "recording unavailable", None, 0, 0)
+            raise
+        live = LiveSession(session_id, connection_id, authorization, kind, command, self.clock.monotonic(),
+                           recorder, terminate_cb)
+        holder["live"] = live
+        self._live[session_id] = live
+        await self.audit.emit(SessionStart(actor=identity.name, source=identity.source_addr,
+                                           target=target_auth.target.name, session_id=session_id, kind=kind,
+                                           account=target_auth.account.login, command=command[:1024],
+                                           level=identity.level, methods=identity.methods,
+                                           connection_id=connection_id, grant_id=target_auth.grant_ids[0]))
+        return live
+
+    async def _recording_failed(self, live: LiveSession, reason: str) -> None:
+        await self.audit.emit(RecordingFailure(actor=live.user, target=live.target, session_id=live.id,
+                                               reason=reason))
+        live.terminate(f"recording failed ({reason}); the session cannot continue unrecorded")
+
+    async def end(self, live: LiveSession, reason: str) -> None:
+        """Close the recording, the row and audit the end; idempotent."""
+        if live.ended:
+            return
+        live.ended = True
+        reason = live.end_reason or reason
+        self._live.pop(live.id, None)
+        try:
+            await live.recorder.close(reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the recording already reported its failure; the row must still close
+            log.exception("closing recording of session %s failed", live.id)
+        await self._close_row(live.id, reason, live.exit_status, live.bytes_up, live.bytes_down)
+        identity = live.authorization.target_authorization.identity
+        await self.audit.emit(SessionEnd(actor=live.user, source=identity.source_addr, target=live.target,
+                                         session_id=live.id, reason=reason, bytes_up=live.bytes_up,
+                                         bytes_down=live.bytes_down, exit_status=live.exit_status,
+                                         duration=round(self.clock.monotonic() - live.started, 3)))
+
+    async def _close_row(self, session_id: str, reason: str, exit_status: int | None, up: int, down: int) -> None:
+        async with self.sessionmaker() as db, db.begin():
+            await db.execute(update(Session).where(Session.id == session_id).values(
+                ended_at=self.clock.now(), end_reason=reason[:64], exit_status=exit_status, bytes_up=up,
+                bytes_down=down))
+
+    def start_rechecks(self) -> None:
+        if self._recheck_task is None:
+            self._recheck_task = asyncio.get_running_loop().create_task(self._recheck_loop())
+
+    async def stop(self) -> None:
+        if self._recheck_task is not None:
+            self._recheck_task.cancel()
+            try:
+                await self._recheck_task
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise
+            self._recheck_task = None
+
+    async def recheck_now(self) -> int:
+        """End live sessions whose grant was revoked or expired, or whose user was disabled."""
+        ended = 0
+        now = self.clock.now()
+        for live in self.live():
+            try:
+                still = await self.policy.recheck(live.authorization.target_authorization, now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("re-check of session %s failed; ending it (fail closed)", live.id)
+                still = False
+            if not still:
+                live.terminate("access revoked or expired")
+                ended += 1
+        return ended
+
+    async def _recheck_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.recheck_interval)
+            await self.recheck_now()

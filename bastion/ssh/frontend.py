@@ -1,0 +1,55 @@
+"""Runs the asyncssh server on sockets the listener hands over."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from bastion import __version__
+from bastion.keys import load_host_keys
+from bastion.ssh.server import GatewayServer
+from bastion.ssh_algorithms import server_algorithm_options
+
+if TYPE_CHECKING:
+    from bastion.listener import Peer
+    from bastion.services import Services
+
+log = logging.getLogger("bastion.ssh")
+
+
+class SSHFrontEnd:
+    """Accepts SSH connections: authentication, then channels bridged to targets."""
+
+    def __init__(self, services: "Services"):
+        self.services = services
+        config = services.config
+        keys = load_host_keys(config.keys_dir)
+        self._options = asyncssh.SSHServerConnectionOptions(
+            server_host_keys=[k for k in keys if k.get_algorithm() == "ssh-ed25519"],
+            server_version=f"Bastion_{__version__}",
+            login_timeout=config["ssh.login_timeout"], keepalive_interval=config["ssh.keepalive_interval"],
+            rekey_bytes=config["ssh.rekey_bytes"], rekey_seconds=config["ssh.rekey_seconds"],
+            window=config["ssh.window"], encoding=None, line_editor=False, allow_pty=True,
+            agent_forwarding=False, x11_forwarding=False, kbdint_auth=False, gss_auth=False, gss_kex=False,
+            host_based_auth=False, rdns_lookup=False, allow_scp=False,
+            **server_algorithm_options(config["ssh.post_quantum_only"]))
+
+    async def handle(self, sock: socket.socket, peer: "Peer") -> None:
+        """Serve one client until it disconnects."""
+        try:
+            conn = await asyncssh.run_server(sock, options=self._options,
+                                             server_factory=lambda: GatewayServer(self.services, peer))
+        except asyncio.CancelledError:
+            raise
+        except (asyncssh.Error, OSError, asyncio.TimeoutError, TimeoutError, ConnectionError) as exc:
+            log.debug("ssh connection from %s ended before login: %s", peer.addr, type(exc).__name__)
+            peer.closed()
+            return
+        try:
+            await conn.wait_closed()
+        finally:
+            peer.closed()

@@ -1,0 +1,191 @@
+"""SQLAlchemy models: users, credentials, targets, accounts, grants, sessions, recordings, audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[dt.datetime], dialect: Any) -> Optional[dt.datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(dt.timezone.utc)
+
+    def process_result_value(self, value: Optional[dt.datetime], dialect: Any) -> Optional[dt.datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    credentials: Mapped[list["Credential"]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+
+class Credential(Base):
+    __tablename__ = "credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # password | ssh_key | totp | sk_key | webauthn
+    public: Mapped[str] = mapped_column(Text, default="")  # hash, public key, credential id
+    secret: Mapped[Optional[bytes]] = mapped_column(LargeBinary, nullable=True)  # vault-sealed
+    fingerprint: Mapped[str] = mapped_column(String(128), default="", index=True)
+    label: Mapped[str] = mapped_column(String(128), default="")
+    counter: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+
+    user: Mapped[User] = relationship(back_populates="credentials")
+
+
+class Target(Base):
+    __tablename__ = "targets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    host_keys: Mapped[str] = mapped_column(Text)  # pinned OpenSSH public keys, one per line
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    min_level: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    accounts: Mapped[list["TargetAccount"]] = relationship(back_populates="target", cascade="all, delete-orphan")
+
+
+class TargetAccount(Base):
+    __tablename__ = "target_accounts"
+    __table_args__ = (UniqueConstraint("target_id", "login"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"), index=True)
+    login: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # key | password
+    secret: Mapped[bytes] = mapped_column(LargeBinary)  # vault-sealed private key or password
+    public_key: Mapped[str] = mapped_column(Text, default="")
+    min_level: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    target: Mapped[Target] = relationship(back_populates="accounts")
+
+
+class Grant(Base):
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject_kind: Mapped[str] = mapped_column(String(8))  # user | group
+    subject: Mapped[str] = mapped_column(String(64), index=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("target_accounts.id", ondelete="CASCADE"))
+    actions: Mapped[list[str]] = mapped_column(JSON)
+    valid_from: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    valid_until: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    min_level: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    revoked_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Session(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    connection_id: Mapped[str] = mapped_column(String(36), index=True)
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    target_name: Mapped[str] = mapped_column(String(64), index=True)
+    account_login: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # shell | exec | sftp | forward
+    command: Mapped[str] = mapped_column(Text, default="")
+    source_addr: Mapped[str] = mapped_column(String(64))
+    source_port: Mapped[int] = mapped_column(Integer, default=0)
+    node: Mapped[str] = mapped_column(String(128))
+    level: Mapped[int] = mapped_column(Integer, default=1)
+    methods: Mapped[list[str]] = mapped_column(JSON, default=list)
+    grant_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    ended_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    end_reason: Mapped[str] = mapped_column(String(64), default="")
+    exit_status: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Recording(Base):
+    __tablename__ = "recordings"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | sealed | truncated | failed
+    chunks: Mapped[int] = mapped_column(Integer, default=0)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    closed_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    ts: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    source: Mapped[str] = mapped_column(String(64), default="")
+    target: Mapped[str] = mapped_column(String(128), default="")
+    session_id: Mapped[str] = mapped_column(String(36), default="", index=True)
+    outcome: Mapped[str] = mapped_column(String(16), default="")
+    node: Mapped[str] = mapped_column(String(128), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The single row that serialises appends to the audit chain across processes and nodes."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,56 @@
+"""`bastion demo` on a fresh directory: target, users and grants ready, and the printed commands work."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bastion.localsshd import find_sshd
+from tests.support.clients import Login, scp, ssh
+
+
+def test_demo_starts_a_target_and_the_printed_logins_work(tmp_path):
+    if find_sshd() is None:
+        pytest.skip("openssh-server is not installed (make demo installs it)")
+    data = tmp_path / "demo"
+    process = subprocess.Popen([sys.executable, "-m", "bastion", "demo", "--data-dir", str(data), "--listen",
+                                "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    text = ""
+    try:
+        deadline = time.monotonic() + 90
+        while "Stop with Ctrl-C" not in text and time.monotonic() < deadline:
+            line = process.stdout.readline().decode()
+            if not line:
+                break
+            text += line
+        port = int(re.search(r"running on 127\.0\.0\.1:(\d+)", text).group(1))
+        passwords = dict(re.findall(r"^  (alice|bob)\s+(\S+)", text, re.M))
+        alice = Login("alice", password=passwords["alice"])
+        result = ssh(port, alice, "alice:web01", "uname -a")
+        assert result.returncode == 0 and result.stdout.startswith(b"Linux"), result.stderr
+        source = tmp_path / "f.txt"
+        source.write_text("demo\n")
+        dest = f"/tmp/bastion-demo-{os.getpid()}.txt"
+        refused = scp(port, Login("bob", password=passwords["bob"]), str(source), f"bob#web01@127.0.0.1:{dest}")
+        assert refused.returncode != 0 and not os.path.exists(dest)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert process.returncode == 0
+    assert (data / "demo-credentials.json").stat().st_mode & 0o077 == 0
+    assert not (data / "demo-target" / "sshd.pid").exists() or not _alive(data / "demo-target" / "sshd.pid")
+
+
+def _alive(pid_file) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False

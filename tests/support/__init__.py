@@ -1,0 +1,1 @@
+"""Test support: databases, a real sshd target, the gateway in a subprocess, and client helpers."""

@@ -1,0 +1,83 @@
+"""The decision point: grants, expiry, revocation, levels, and who may mint authorizations."""
+
+import datetime as dt
+
+import pytest
+
+from bastion.auth.identity import Identity
+from bastion.policy import (Allow, AllowChannel, ChannelAuthorization, Deny, GrantFacts, StepUp, TargetAuthorization,
+                            TargetRef, decide, decide_channel)
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+ALICE = Identity(1, "alice", ("user",), (), 1, ("password",), "127.0.0.1")
+WEB01 = TargetRef(1, "web01", "127.0.0.1", 22, "ssh-ed25519 AAAA")
+
+
+def grant(gid=1, account="root", actions=("shell",), until=None, since=None, level=None, revoked=False):
+    return GrantFacts(gid, 10 if account == "root" else 11, account, frozenset(actions), since, until, level, revoked)
+
+
+def run(grants, identity=ALICE, target=WEB01, account=None, active=True, target_level=None, account_levels=None):
+    return decide(identity, active, target, target_level, account_levels or {}, grants, account, 1, NOW)
+
+
+def test_current_grant_allows_with_its_actions():
+    decision = run([grant(actions=("shell", "exec"))])
+    assert isinstance(decision, Allow)
+    assert decision.authorization.actions == {"shell", "exec"}
+    assert decision.authorization.account.login == "root"
+
+
+@pytest.mark.parametrize("bad", [
+    grant(revoked=True),
+    grant(until=NOW),
+    grant(until=NOW - dt.timedelta(seconds=1)),
+    grant(since=NOW + dt.timedelta(minutes=1)),
+])
+def test_revoked_expired_or_future_grants_deny(bad):
+    assert isinstance(run([bad]), Deny)
+
+
+def test_unknown_target_and_no_grant_and_disabled_user_all_deny():
+    assert isinstance(run([], target=None), Deny)
+    assert isinstance(run([]), Deny)
+    assert isinstance(run([grant()], active=False), Deny)
+
+
+def test_account_must_match_when_named():
+    assert isinstance(run([grant(account="root")], account="deploy"), Deny)
+    assert isinstance(run([grant(account="root")], account="root"), Allow)
+
+
+def test_two_accounts_without_a_name_is_ambiguous():
+    decision = run([grant(1, "root"), grant(2, "deploy")])
+    assert isinstance(decision, Deny) and decision.ambiguous_accounts == ("deploy", "root")
+
+
+@pytest.mark.parametrize("kwargs", [{"target_level": 2}, {"account_levels": {10: 3}}])
+def test_highest_demand_wins_and_means_step_up(kwargs):
+    decision = run([grant()], **kwargs)
+    assert isinstance(decision, StepUp) and decision.level >= 2
+
+
+def test_grant_level_demands_step_up():
+    assert run([grant(level=2)]) == StepUp(2)
+    high = Identity(1, "alice", ("user",), (), 2, ("password", "totp"), "127.0.0.1")
+    assert isinstance(run([grant(level=2)], identity=high), Allow)
+
+
+def test_channel_needs_the_action_and_an_unexpired_authorization():
+    authz = run([grant(actions=("exec",), until=NOW + dt.timedelta(minutes=5))]).authorization
+    assert isinstance(decide_channel(authz, "exec", NOW), AllowChannel)
+    assert isinstance(decide_channel(authz, "shell", NOW), Deny)
+    assert isinstance(decide_channel(authz, "exec", NOW + dt.timedelta(minutes=5)), Deny)
+
+
+def test_authorizations_cannot_be_forged_outside_policy():
+    authz = run([grant()]).authorization
+    with pytest.raises(TypeError):
+        TargetAuthorization(ALICE, WEB01, authz.account, frozenset({"shell"}), (1,), None, NOW)
+    with pytest.raises(TypeError):
+        ChannelAuthorization(authz, "shell")
+    with pytest.raises(TypeError):
+        TargetAuthorization(ALICE, WEB01, authz.account, frozenset({"shell"}), (1,), None, NOW, object())
