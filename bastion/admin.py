@@ -124,7 +124,7 @@ class Admin:
         for group in groups:
             check_name("group", group, GROUP_NAME)
         keys = [parse_user_key(k) for k in ssh_keys]
-        password_hash = hash_password(password) if password is not None else None
+        password_hash = hash_password(password, (name,)) if password is not None else None
         now = self.clock.now()
         async with self.sessionmaker() as db:
             try:

@@ -111,6 +111,12 @@ def _log_level(value: Any) -> str:
     return text
 
 
+def _device_policy(value: Any) -> str:
+    if value not in ("off", "advisory", "required"):
+        raise ValueError("must be off, advisory or required")
+    return value
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -152,6 +158,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ssh.window", 8 << 20, "SSH channel window in bytes (larger moves bulk data faster)", _positive_int),
     Setting("upstream.connect_timeout", 10.0, "seconds to connect and authenticate to a target", _positive_float),
     Setting("auth.default_min_level", 1, "level a target demands when it names none (1, 2 or 3)", _level),
+    Setting("auth.lockout_threshold", 5, "wrong secrets in a row that lock an account", _positive_int),
+    Setting("auth.lockout_minutes", 30.0, "minutes an account stays locked (or until `bastion user unlock`)",
+            _positive_float),
+    Setting("auth.rate_limit_failures", 30,
+            "failed attempts one source address may make per window before it is refused", _positive_int),
+    Setting("auth.rate_limit_window", 60.0, "seconds of the per-source failure window", _positive_float),
+    Setting("auth.device_policy", "off", "device binding for everyone: off, advisory or required", _device_policy),
+    Setting("auth.totp_issuer", "Bastion", "issuer name shown by authenticator apps", _nonempty_str),
     Setting("recording.dir", "", "where recordings are written; empty means <data dir>/recordings", _optional_str),
     Setting("recording.flush_interval", 1.0, "seconds between recording flushes (bounds what a crash loses)",
             _positive_float),

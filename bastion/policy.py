@@ -14,7 +14,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from bastion.auth.identity import Identity
-from bastion.store.models import Grant, Target, TargetAccount, User
+from bastion.auth.devices import strongest
+from bastion.store.models import Grant, GroupPolicy, Target, TargetAccount, User
 
 ACTIONS = ("shell", "exec", "sftp-read", "sftp-write", "forward")
 _MINT = object()  # only this module holds it
@@ -46,11 +47,18 @@ class TargetAuthorization:
     grant_ids: tuple[int, ...]
     valid_until: dt.datetime | None
     decided_at: dt.datetime
-    _mint: object = field(repr=False, compare=False, default=None)
+    device_policy: str = "off"
+    # Not an init field: dataclasses.replace() and direct construction yield an unminted copy.
+    _mint: object = field(init=False, repr=False, compare=False, default=None)
 
-    def __post_init__(self) -> None:
-        if self._mint is not _MINT:
-            raise TypeError("TargetAuthorization is created only by bastion.policy")
+    @property
+    def minted(self) -> bool:
+        return self._mint is _MINT
+
+    @property
+    def device_unproven(self) -> bool:
+        """Allowed under an advisory device policy without an approved device (to be audited)."""
+        return self.device_policy == "advisory" and self.identity.device_id is None
 
     def allows(self, action: str) -> bool:
         return action in self.actions
@@ -62,11 +70,22 @@ class ChannelAuthorization:
 
     target_authorization: TargetAuthorization
     action: str
-    _mint: object = field(repr=False, compare=False, default=None)
+    _mint: object = field(init=False, repr=False, compare=False, default=None)
 
-    def __post_init__(self) -> None:
-        if self._mint is not _MINT:
-            raise TypeError("ChannelAuthorization is created only by bastion.policy")
+    @property
+    def minted(self) -> bool:
+        return self._mint is _MINT and self.target_authorization.minted
+
+
+def _minted(value):
+    object.__setattr__(value, "_mint", _MINT)
+    return value
+
+
+def require_minted(value: "TargetAuthorization | ChannelAuthorization") -> None:
+    """Consumers call this: an authorization not made by this module is refused (fail closed)."""
+    if not getattr(value, "minted", False):
+        raise PermissionError("authorization was not issued by the policy")
 
 
 @dataclass(frozen=True)
@@ -87,8 +106,13 @@ class StepUp:
 
 @dataclass(frozen=True)
 class Deny:
-    reason: str  # for the audit log; users see one generic message
+    reason: str  # for the audit log; users see one generic message unless `user_message` is set
     ambiguous_accounts: tuple[str, ...] = ()
+    user_message: str = ""
+
+
+DEVICE_REQUIRED = ("this access requires a bound device: connect from an approved device "
+                   "(its MAC on the bastion's network) or log in with the device's own SSH key")
 
 
 Decision = Allow | StepUp | Deny
@@ -118,15 +142,27 @@ def grant_is_current(grant: GrantFacts, now: dt.datetime) -> bool:
     return True
 
 
-def decide(identity: Identity, user_active: bool, target: TargetRef | None, target_min_level: int | None,
-           account_levels: dict[int, int | None], grants: Sequence[GrantFacts], account_login: str | None,
-           default_level: int, now: dt.datetime) -> Decision:
+@dataclass(frozen=True)
+class TargetFacts:
+    """Everything a target decision depends on, detached from the database."""
+
+    user_active: bool
+    target: TargetRef | None
+    target_min_level: int | None = None
+    account_levels: dict[int, int | None] = field(default_factory=dict)
+    grants: Sequence[GrantFacts] = ()
+    device_policy: str = "off"  # strongest of the user's, their groups', the target's and the default
+
+
+def decide(identity: Identity, facts: TargetFacts, account_login: str | None, default_level: int,
+           now: dt.datetime) -> Decision:
     """Pure decision from facts; no I/O."""
-    if not user_active:
+    if not facts.user_active:
         return Deny("user disabled")
+    target = facts.target
     if target is None:
         return Deny("no such target")
-    current = [g for g in grants if grant_is_current(g, now)]
+    current = [g for g in facts.grants if grant_is_current(g, now)]
     if account_login is not None:
         current = [g for g in current if g.account_login == account_login]
     if not current:
@@ -135,18 +171,20 @@ def decide(identity: Identity, user_active: bool, target: TargetRef | None, targ
     if len(logins) > 1:
         return Deny("several accounts granted", ambiguous_accounts=tuple(logins))
     account_id = current[0].account_id
-    demanded = max([target_min_level or default_level, account_levels.get(account_id) or 1]
+    if facts.device_policy == "required" and identity.device_id is None:
+        return Deny("no approved device", user_message=DEVICE_REQUIRED)
+    # The highest demand of target, account and grants wins; below it the user must step up.
+    demanded = max([facts.target_min_level or default_level, facts.account_levels.get(account_id) or 1]
                    + [g.min_level or 1 for g in current])
-    # A grant at a level the identity has not reached does not count; if no grant is
-    # usable at the current level, the user must step up to the lowest usable demand.
     if identity.level < demanded:
         return StepUp(demanded)
     actions = frozenset().union(*(g.actions for g in current))
     untils = [g.valid_until for g in current]
     valid_until = None if any(u is None for u in untils) else max(u for u in untils if u is not None)
-    return Allow(TargetAuthorization(
+    return Allow(_minted(TargetAuthorization(
         identity=identity, target=target, account=AccountRef(account_id, logins[0]), actions=actions,
-        grant_ids=tuple(sorted(g.id for g in current)), valid_until=valid_until, decided_at=now, _mint=_MINT))
+        grant_ids=tuple(sorted(g.id for g in current)), valid_until=valid_until, decided_at=now,
+        device_policy=facts.device_policy)))
 
 
 def decide_channel(authorization: TargetAuthorization, action: str, now: dt.datetime) -> AllowChannel | Deny:
@@ -155,7 +193,8 @@ def decide_channel(authorization: TargetAuthorization, action: str, now: dt.date
         return Deny("grant expired")
     if action not in authorization.actions:
         return Deny(f"action {action} not granted")
-    return AllowChannel(ChannelAuthorization(authorization, action, _mint=_MINT))
+    require_minted(authorization)
+    return AllowChannel(_minted(ChannelAuthorization(authorization, action)))
 
 
 @dataclass(frozen=True)
@@ -170,9 +209,10 @@ class GrantedTarget:
 class Policy:
     """Loads the facts a decision needs and hands them to `decide`."""
 
-    def __init__(self, sessionmaker: async_sessionmaker, default_level: int):
+    def __init__(self, sessionmaker: async_sessionmaker, default_level: int, default_device_policy: str = "off"):
         self._sessionmaker = sessionmaker
         self._default_level = default_level
+        self._default_device_policy = default_device_policy
 
     async def _user_grants(self, db, user: User, target_id: int | None = None) -> list[tuple[Grant, TargetAccount]]:
         subjects = or_((Grant.subject_kind == "user") & (Grant.subject == user.name),
@@ -195,13 +235,17 @@ class Policy:
             if user is None:
                 return Deny("no such user")
             if target is None:
-                return decide(identity, user.status == "active", None, None, {}, [], account_login,
+                return decide(identity, TargetFacts(user.status == "active", None), account_login,
                               self._default_level, now)
             rows = await self._user_grants(db, user, target.id)
-            ref = TargetRef(target.id, target.name, target.host, target.port, target.host_keys)
-            levels = {a.id: a.min_level for _, a in rows}
-            return decide(identity, user.status == "active", ref, target.min_level, levels, self._facts(rows),
-                          account_login, self._default_level, now)
+            groups = list(user.groups or [])
+            group_policies = [g.device_policy for g in (await db.execute(
+                select(GroupPolicy).where(GroupPolicy.name.in_(groups)))).scalars()] if groups else []
+        facts = TargetFacts(
+            user.status == "active", TargetRef(target.id, target.name, target.host, target.port, target.host_keys),
+            target.min_level, {a.id: a.min_level for _, a in rows}, self._facts(rows),
+            strongest(self._default_device_policy, user.device_policy, target.device_policy, *group_policies))
+        return decide(identity, facts, account_login, self._default_level, now)
 
     async def granted_targets(self, identity: Identity, now: dt.datetime) -> list[GrantedTarget]:
         """Targets and accounts this identity holds a current grant for (menu)."""
@@ -218,8 +262,10 @@ class Policy:
                 merged.setdefault((names[grant.target_id], account.login), set()).update(grant.actions)
         return [GrantedTarget(t, a, frozenset(acts)) for (t, a), acts in sorted(merged.items())]
 
-    async def recheck(self, authorization: TargetAuthorization, now: dt.datetime) -> bool:
-        """Does the authorization still hold (grant not revoked or expired, user active)?"""
-        decision = await self.authorize_target(authorization.identity, authorization.target.name,
-                                               authorization.account.login, now)
-        return isinstance(decision, Allow)
+    async def recheck(self, channel: ChannelAuthorization, now: dt.datetime) -> bool:
+        """Does a live channel's permission still hold: user active, a current grant with its action?"""
+        target_auth = channel.target_authorization
+        decision = await self.authorize_target(target_auth.identity, target_auth.target.name,
+                                               target_auth.account.login, now)
+        return isinstance(decision, Allow) and isinstance(decide_channel(decision.authorization, channel.action, now),
+                                                          AllowChannel)

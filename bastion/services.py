@@ -10,7 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from bastion.admin import Admin
 from bastion.audit.log import AuditLog
+from bastion.auth.devices import DeviceDirectory
 from bastion.auth.flow import Authenticator
+from bastion.auth.lockout import Lockout
+from bastion.auth.ratelimit import SourceRateLimit
 from bastion.clock import Clock
 from bastion.config import Config
 from bastion.keys import load_node_key
@@ -51,12 +54,17 @@ class Services:
                 await upgrade(engine)
             db = make_sessionmaker(engine)
             audit = AuditLog(db, config.node_name, clock)
-            policy = Policy(db, config["auth.default_min_level"])
+            policy = Policy(db, config["auth.default_min_level"], config["auth.device_policy"])
             executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bastion-rec")
             recordings = RecordingStore(config, vault, node_key, db, clock, executor=executor)
             sessions = SessionRegistry(db, audit, policy, recordings, clock, config.node_name,
                                        config["policy.recheck_interval"])
-            return cls(config, clock, engine, db, vault, audit, policy, Authenticator(db, audit, clock), recordings,
+            authenticator = Authenticator(
+                db, audit, clock, vault,
+                Lockout(db, clock, config["auth.lockout_threshold"], config["auth.lockout_minutes"]),
+                SourceRateLimit(config["auth.rate_limit_failures"], config["auth.rate_limit_window"], clock.monotonic),
+                DeviceDirectory(db, clock))
+            return cls(config, clock, engine, db, vault, audit, policy, authenticator, recordings,
                        sessions, UpstreamConnector(config, db, vault, audit), executor)
         except BaseException:
             await engine.dispose()
@@ -67,5 +75,6 @@ class Services:
 
     async def close(self) -> None:
         await self.sessions.stop()
+        self.authenticator.close()
         self.executor.shutdown(wait=True)
         await self.engine.dispose()

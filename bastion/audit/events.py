@@ -34,6 +34,19 @@ class AuthSuccess(Event):
     method: str
     level: int
     methods: tuple[str, ...] = ()
+    device: str = ""
+    device_proof: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthPartial(Event):
+    """A factor was accepted and the demanded level needs more."""
+
+    type: ClassVar[str] = "auth.partial"
+    outcome: str = "partial"
+    method: str
+    level: int
+    required_level: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +55,24 @@ class AuthFailure(Event):
     outcome: str = "failure"
     method: str
     reason: str
+    level: int = 0
+    device: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthLockout(Event):
+    type: ClassVar[str] = "auth.lockout"
+    outcome: str = "locked"
+    threshold: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepUp(Event):
+    """A logged-in session raised its level for a target (in-band TOTP, or later a browser approval)."""
+
+    type: ClassVar[str] = "auth.stepup"
+    method: str
+    level: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +85,8 @@ class SessionStart(Event):
     methods: tuple[str, ...] = ()
     connection_id: str = ""
     grant_id: int | None = None
+    device: str = ""
+    device_proof: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +95,15 @@ class SessionDenied(Event):
     outcome: str = "denied"
     kind: str
     reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceAdvisory(Event):
+    """Device policy is advisory and the connection proved no approved device: allowed, and noted."""
+
+    type: ClassVar[str] = "device.advisory"
+    outcome: str = "allowed"
+    mac: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

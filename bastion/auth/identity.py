@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,5 @@ class Identity:
     methods: tuple[str, ...]
     source_addr: str
     source_port: int = 0
-
-    def with_factor(self, method: str, level: int) -> "Identity":
-        return Identity(self.user_id, self.name, self.roles, self.groups, max(self.level, level),
-                        self.methods + (method,), self.source_addr, self.source_port)
+    device_id: int | None = None
+    device_proof: str = ""

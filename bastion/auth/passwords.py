@@ -18,17 +18,28 @@ class WeakPassword(BastionError):
     """The password does not meet the policy."""
 
 
-def check_policy(password: str) -> None:
+MIN_SCORE = 3  # zxcvbn: 3 = "safely unguessable" for online attacks
+
+
+def check_policy(password: str, user_inputs: tuple[str, ...] = ()) -> None:
+    """Length, no control characters, and not common or guessable (zxcvbn's lists and estimate)."""
     if len(password) < MIN_LENGTH:
         raise WeakPassword(f"password must be at least {MIN_LENGTH} characters")
     if len(password) > MAX_LENGTH:
         raise WeakPassword(f"password must be at most {MAX_LENGTH} characters")
     if any(ord(c) < 32 for c in password):
         raise WeakPassword("password must not contain control characters")
+    from zxcvbn import zxcvbn
+
+    # zxcvbn's cost grows with length; its estimate of the first 100 characters is what matters.
+    result = zxcvbn(password[:100], user_inputs=list(user_inputs))
+    if result["score"] < MIN_SCORE:
+        hint = result["feedback"].get("warning") or "it is too easy to guess"
+        raise WeakPassword(f"password refused: {hint.rstrip('.')}")
 
 
-def hash_password(password: str) -> str:
-    check_policy(password)
+def hash_password(password: str, user_inputs: tuple[str, ...] = ()) -> str:
+    check_policy(password, user_inputs)
     return _hasher.hash(password)
 
 

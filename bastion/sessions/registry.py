@@ -15,7 +15,7 @@ from bastion.audit.events import RecordingFailure, SessionEnd, SessionStart
 from bastion.audit.log import AuditLog
 from bastion.clock import Clock
 from bastion.errors import RecordingError
-from bastion.policy import ChannelAuthorization, Policy
+from bastion.policy import ChannelAuthorization, Policy, require_minted
 from bastion.store.models import Session
 
 log = logging.getLogger("bastion.sessions")
@@ -67,6 +67,7 @@ class SessionRegistry:
     recheck_interval: float
     _live: dict[str, LiveSession] = field(default_factory=dict)
     _recheck_task: asyncio.Task | None = None
+    _tasks: set = field(default_factory=set)
 
     def live(self) -> list[LiveSession]:
         return list(self._live.values())
@@ -78,6 +79,7 @@ class SessionRegistry:
                     width: int, height: int, term: str, echo_tracking: bool,
                     terminate_cb: Callable[[str], None]) -> LiveSession:
         """Insert the session row, open its recording (fail closed) and audit the start."""
+        require_minted(authorization)
         target_auth = authorization.target_authorization
         identity = target_auth.identity
         session_id = str(uuid.uuid4())
@@ -87,13 +89,17 @@ class SessionRegistry:
                            target_name=target_auth.target.name, account_login=target_auth.account.login,
                            kind=kind, command=command[:4096], source_addr=identity.source_addr,
                            source_port=identity.source_port, node=self.node, level=identity.level,
-                           methods=list(identity.methods), grant_id=target_auth.grant_ids[0], started_at=now))
+                           methods=list(identity.methods), grant_id=target_auth.grant_ids[0],
+                           device_id=identity.device_id, device_proof=identity.device_proof, started_at=now))
         holder: dict[str, LiveSession] = {}
 
         def recording_failed(reason: str) -> None:
             live = holder.get("live")
             if live is not None:
-                asyncio.get_running_loop().create_task(self._recording_failed(live, reason))
+                # End the session first and synchronously: the audit write below may fail on the same
+                # full disk, and the session must not go on unrecorded in any case.
+                live.terminate(f"recording failed ({reason}); the session cannot continue unrecorded")
+                self._spawn(self._recording_failed(live, reason))
 
         title = f"{identity.name} \u2192 {target_auth.account.login}@{target_auth.target.name}"
         try:
@@ -113,13 +119,23 @@ class SessionRegistry:
                                            target=target_auth.target.name, session_id=session_id, kind=kind,
                                            account=target_auth.account.login, command=command[:1024],
                                            level=identity.level, methods=identity.methods,
-                                           connection_id=connection_id, grant_id=target_auth.grant_ids[0]))
+                                           connection_id=connection_id, grant_id=target_auth.grant_ids[0],
+                                           device=str(identity.device_id or ""), device_proof=identity.device_proof))
         return live
 
     async def _recording_failed(self, live: LiveSession, reason: str) -> None:
-        await self.audit.emit(RecordingFailure(actor=live.user, target=live.target, session_id=live.id,
-                                               reason=reason))
-        live.terminate(f"recording failed ({reason}); the session cannot continue unrecorded")
+        try:
+            await self.audit.emit(RecordingFailure(actor=live.user, target=live.target, session_id=live.id,
+                                                   reason=reason))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not audit the recording failure of session %s", live.id)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def end(self, live: LiveSession, reason: str) -> None:
         """Close the recording, the row and audit the end; idempotent."""
@@ -167,7 +183,7 @@ class SessionRegistry:
         now = self.clock.now()
         for live in self.live():
             try:
-                still = await self.policy.recheck(live.authorization.target_authorization, now)
+                still = await self.policy.recheck(live.authorization, now)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -19,6 +19,7 @@ PF_READ, PF_WRITE, PF_APPEND, PF_CREAT, PF_TRUNC = 0x1, 0x2, 0x4, 0x8, 0x10
 
 # OpenSSH's sftp-server caps messages at 256 KiB; leave room, refuse anything beyond.
 MAX_PACKET = 1024 * 1024
+SFTP_VERSION = 3
 MAX_PENDING = 4096
 
 NEUTRAL = {FXP_CLOSE, FXP_LSTAT, FXP_FSTAT, FXP_OPENDIR, FXP_READDIR, FXP_REALPATH, FXP_STAT, FXP_READLINK}
@@ -79,6 +80,9 @@ class SftpFilter:
         self._up += data
         forward, answer = bytearray(), bytearray()
         for packet in self._packets(self._up):
+            if packet[0] == FXP_INIT:
+                # Pin SFTP version 3: later versions encode OPEN differently, and this filter speaks v3.
+                packet = bytes([FXP_INIT]) + struct.pack(">I", SFTP_VERSION) + packet[5:]
             reply = self._check_request(packet)
             if reply is None:
                 forward += struct.pack(">I", len(packet)) + packet
@@ -107,7 +111,7 @@ class SftpFilter:
     def _check_request(self, packet: bytes) -> bytes | None:
         kind = packet[0]
         if kind == FXP_INIT:
-            return None
+            return None  # the version is pinned by from_user
         if len(packet) < 5:
             raise SftpProtocolError("short sftp request")
         (request_id,) = struct.unpack_from(">I", packet, 1)
@@ -183,21 +187,26 @@ class SftpFilter:
 
     def _track_response(self, packet: bytes) -> None:
         kind = packet[0]
-        if kind == FXP_VERSION or len(packet) < 5:
+        if len(packet) < 5:
+            raise SftpProtocolError("short sftp response")
+        if kind == FXP_VERSION:
+            (version,) = struct.unpack_from(">I", packet, 1)
+            if version != SFTP_VERSION:
+                raise SftpProtocolError("the target answered with another sftp version")
             return
         (request_id,) = struct.unpack_from(">I", packet, 1)
         if kind == FXP_HANDLE:
+            handle, _ = _string(packet, 5)
             state = self._opens.pop(request_id, None)
             if state is not None:
-                handle, _ = _string(packet, 5)
                 if len(self._handles) >= MAX_PENDING:
                     raise SftpProtocolError("too many open sftp handles")
                 self._handles[handle] = state
         elif kind == FXP_DATA:
             handle = self._reads.pop(request_id, None)
+            data, _ = _string(packet, 5)
             if handle is not None and handle in self._handles:
-                (length,) = struct.unpack_from(">I", packet, 5)
-                self._handles[handle].size += length
+                self._handles[handle].size += len(data)
         elif kind == FXP_STATUS:
             self._opens.pop(request_id, None)
             self._reads.pop(request_id, None)

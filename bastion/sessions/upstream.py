@@ -13,7 +13,7 @@ from bastion.audit.events import UpstreamFailure
 from bastion.audit.log import AuditLog
 from bastion.config import Config
 from bastion.errors import HostKeyMismatch, UpstreamError
-from bastion.policy import TargetAuthorization
+from bastion.policy import TargetAuthorization, require_minted
 from bastion.ssh_algorithms import client_algorithm_options
 from bastion.store.models import TargetAccount
 from bastion.vault import Vault
@@ -47,6 +47,7 @@ class UpstreamConnector:
 
     async def connect(self, authorization: TargetAuthorization, session_id: str = "") -> asyncssh.SSHClientConnection:
         """Connect and log in as the granted account; raise UpstreamError with a safe message."""
+        require_minted(authorization)
         target = authorization.target
         kind, secret = await self._credentials(authorization)
         try:

@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from bastion.audit.events import SessionDenied
+from bastion.audit.events import DeviceAdvisory, SessionDenied
+from bastion.audit.events import StepUp as AuditStepUp
+from bastion.auth import levels
+from bastion.auth.flow import Verdict
 from bastion.errors import BastionError, RecordingError, UpstreamError
 from bastion.policy import Allow, AllowChannel, Deny, StepUp, TargetAuthorization, decide_channel
 from bastion.sessions.bridge import Bridge
@@ -21,10 +24,11 @@ if TYPE_CHECKING:
     from bastion.ssh.server import GatewayServer
 
 log = logging.getLogger("bastion.ssh")
-ENV_ALLOWED = re.compile(r"^(TERM|LANG|LC_[A-Z_]+)$")
+ENV_ALLOWED = re.compile(r"TERM|LANG|LC_[A-Z_]+")
 PENDING_LIMIT = 1 << 20
 DENIED = "bastion: access denied"
 AUTH_SETTLE_TIMEOUT = 30.0
+STEP_UP_TIMEOUT = 120.0
 
 
 class GatewaySession(asyncssh.SSHServerSession):
@@ -44,6 +48,9 @@ class GatewaySession(asyncssh.SSHServerSession):
         self._eof = False
         self._closed = False
         self._task: asyncio.Task | None = None
+        self._line: asyncio.Future | None = None
+        self._line_buffer = ""
+        self._line_secret = True
 
     # asyncssh callbacks ----------------------------------------------------------------------------------
 
@@ -73,6 +80,8 @@ class GatewaySession(asyncssh.SSHServerSession):
     def data_received(self, data: bytes, datatype: Any) -> None:
         if self.bridge is not None:
             self.bridge.user_data(data, datatype)
+        elif self._line is not None:
+            self._line_input(data)
         elif self.menu is not None:
             self._menu_input(data)
         else:
@@ -204,25 +213,112 @@ class GatewaySession(asyncssh.SSHServerSession):
             self._task.add_done_callback(self.server.channels.discard)
 
     async def _chosen(self, chosen: Chosen) -> None:
+        try:
+            await self._choose(chosen)
+        except asyncio.CancelledError:
+            raise
+        except BastionError as exc:
+            self._fail(f"bastion: {exc.safe_message}")
+        except Exception:
+            log.exception("menu selection failed")
+            self._fail("bastion: internal error; the session was not started")
+
+    async def _choose(self, chosen: Chosen) -> None:
         identity = self.server.flow.identity
         decision = await self.services.policy.authorize_target(identity, chosen.item.target, chosen.item.account,
                                                               self.services.clock.now())
         assert self.chan is not None
         self.chan.write(b"\x1b[H\x1b[2J")
+        if isinstance(decision, StepUp):
+            decision = await self._step_up(chosen.item.target, chosen.item.account, decision.level)
+            if decision is None:
+                return
         if isinstance(decision, Allow):
-            try:
-                await self._connect(decision.authorization, "shell", "")
-            except BastionError as exc:
-                self._fail(f"bastion: {exc.safe_message}")
-        elif isinstance(decision, StepUp):
-            self._fail(f"bastion: {chosen.item.target} demands authentication level {decision.level}; "
-                       "this login has not reached it")
+            await self._connect(decision.authorization, "shell", "")
+        elif isinstance(decision, Deny) and decision.user_message:
+            self._fail(f"bastion: {decision.user_message}")
         else:
             self._fail(DENIED)
 
-    async def _connect(self, authorization: TargetAuthorization, kind: str, command: str) -> None:
-        transfer: ExecTransfer | None = classify_exec(command) if kind == "exec" else None
+    async def _step_up(self, target: str, account: str, level: int):
+        """Raise this login's level in-band (a TOTP prompt in the terminal); None when it cannot."""
+        flow = self.server.flow
+        flow.demand(level)
+        if levels.TOTP not in flow.can_offer():
+            needed = levels.NEEDS[level]
+            self._fail(f"bastion: {target} demands authentication level {level}: {needed}.\n"
+                       + ("Reconnect with your security key: ssh -i YOUR_SK_KEY "
+                          f"{flow.login_name}:{target}@bastion" if level >= 2 else "")
+                       + ("\n(browser approval comes with the web console)" if level >= 3 else ""))
+            return None
+        for attempt in range(3):
+            self.chan.write(f"{target} needs level {level}. Verification code: ".encode())
+            code = await self._read_line(secret=True)
+            if code is None:
+                return None
+            verdict = await flow.totp(code)
+            if verdict is Verdict.ACCEPTED:
+                identity = flow.identity
+                await self.services.audit.emit(AuditStepUp(actor=identity.name, source=identity.source_addr,
+                                                           target=target, method=levels.TOTP, level=identity.level))
+                self.chan.write(b"\r\n")
+                return await self.services.policy.authorize_target(identity, target, account,
+                                                                   self.services.clock.now())
+            self.chan.write(b"\r\nbastion: that code was not accepted\r\n")
+            if verdict is Verdict.REFUSED:
+                break
+        self._fail("bastion: step-up failed")
+        return None
+
+    async def _read_line(self, secret: bool, limit: int = 64) -> str | None:
+        """Read one line typed in the terminal (not echoed when secret); None on Ctrl-C, EOF or timeout."""
+        self._line = asyncio.get_running_loop().create_future()
+        self._line_buffer = ""
+        self._line_secret = secret
+        try:
+            return await asyncio.wait_for(self._line, STEP_UP_TIMEOUT)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self._line = None
+
+    def _line_input(self, data: bytes) -> None:
+        for char in data.decode("utf-8", "ignore"):
+            if char in "\r\n":
+                if not self._line.done():
+                    self._line.set_result(self._line_buffer)
+                return
+            if char in "\x03\x04":
+                if not self._line.done():
+                    self._line.set_result(None)
+                return
+            if char in "\x7f\x08":
+                self._line_buffer = self._line_buffer[:-1]
+            elif char.isprintable() and len(self._line_buffer) < 64:
+                self._line_buffer += char
+                if not self._line_secret:
+                    self.chan.write(char.encode())
+
+    async def _connect(self, login_authorization: TargetAuthorization, kind: str, command: str) -> None:
+        # Decide again for every channel: a grant revoked or a user disabled since login must not
+        # let a new channel through on a long-lived connection (ControlMaster).
         now = self.services.clock.now()
+        fresh = await self.services.policy.authorize_target(
+            self.server.flow.identity, login_authorization.target.name, login_authorization.account.login, now)
+        if not isinstance(fresh, Allow):
+            identity = login_authorization.identity
+            reason = fresh.reason if isinstance(fresh, Deny) else f"level {fresh.level} needed"
+            await self.services.audit.emit(SessionDenied(actor=identity.name, source=identity.source_addr,
+                                                         target=login_authorization.target.name, kind=kind,
+                                                         reason=reason))
+            if isinstance(fresh, StepUp):
+                self._fail(f"bastion: {login_authorization.target.name} now demands authentication level "
+                           f"{fresh.level}: {levels.NEEDS[fresh.level]}; reconnect")
+            else:
+                self._fail(f"bastion: {fresh.user_message}" if fresh.user_message else DENIED)
+            return
+        authorization = fresh.authorization
+        transfer: ExecTransfer | None = classify_exec(command) if kind == "exec" else None
         if kind == "sftp":
             decisions = [decide_channel(authorization, a, now) for a in ("sftp-read", "sftp-write")]
             decision = next((d for d in decisions if isinstance(d, AllowChannel)), decisions[0])
@@ -244,6 +340,11 @@ class GatewaySession(asyncssh.SSHServerSession):
                 self._fail(f"bastion: {what} on {authorization.target.name} is not granted to you")
             return
         assert isinstance(decision, AllowChannel)
+        if authorization.device_unproven:
+            identity = authorization.identity
+            await self.services.audit.emit(DeviceAdvisory(actor=identity.name, source=identity.source_addr,
+                                                          target=authorization.target.name,
+                                                          mac=self.server.flow.peer_mac or ""))
         record_io = kind in ("shell", "exec") and transfer is None
         width, height = self.term_size[0] or 80, self.term_size[1] or 24
         live = await self.services.sessions.begin(
@@ -257,13 +358,20 @@ class GatewaySession(asyncssh.SSHServerSession):
                 may_read=authorization.allows("sftp-read"), may_write=authorization.allows("sftp-write"),
                 on_transfer=lambda d, p, n: bridge.transfer("sftp", d, p, n),
                 on_denied=lambda op, p: bridge.transfer_denied("sftp", op, p))
+        # What the client sent while the session was being set up goes first, in order, then its EOF.
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        for data, datatype in pending:
+            bridge.user_data(data, datatype)
+        if self._eof:
+            bridge.user_eof()
         self.bridge = bridge
         if self._closed:
             bridge.user_gone(None)
             return
         try:
             upstream = await self.server.upstream(authorization, live.id)
-            env = {k: v for k, v in self.chan.get_environment().items() if ENV_ALLOWED.match(k)}
+            env = {k: v for k, v in self.chan.get_environment().items()
+                   if ENV_ALLOWED.fullmatch(k) and len(v) <= 256 and v.isprintable()}
             if self.term_type:
                 env["TERM"] = self.term_type
             await bridge.start(upstream, command=command if kind == "exec" else None,
@@ -283,11 +391,6 @@ class GatewaySession(asyncssh.SSHServerSession):
                 size = live.bytes_up if transfer.direction == "upload" else live.bytes_down
                 bridge.transfer(transfer.protocol, transfer.direction, transfer.path, size)
             bridge.done.add_done_callback(report)
-        pending, self._pending, self._pending_size = self._pending, [], 0
-        for data, datatype in pending:
-            bridge.user_data(data, datatype)
-        if self._eof:
-            bridge.user_eof()
         self.chan.resume_reading()
 
     def _terminate(self, reason: str) -> None:

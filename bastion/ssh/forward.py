@@ -10,7 +10,7 @@ import asyncssh
 
 from bastion.audit.events import Forward
 from bastion.errors import BastionError
-from bastion.policy import AllowChannel, decide_channel
+from bastion.policy import Allow, AllowChannel, decide_channel
 
 if TYPE_CHECKING:
     from bastion.ssh.server import GatewayServer
@@ -20,9 +20,24 @@ PENDING_LIMIT = 1 << 20
 
 
 def _decide(server: "GatewayServer") -> AllowChannel | None:
+    """From the login's authorization only: a quick answer before the channel opens."""
     authorization = server.authorization
     decision = decide_channel(authorization, "forward", server.services.clock.now()) if authorization else None
     return decision if isinstance(decision, AllowChannel) else None
+
+
+async def _decide_fresh(server: "GatewayServer") -> AllowChannel | None:
+    """Against the database, as every channel is: revocation and disabling apply at once."""
+    login = server.authorization
+    if login is None or server.flow.identity is None:
+        return None
+    now = server.services.clock.now()
+    decision = await server.services.policy.authorize_target(server.flow.identity, login.target.name,
+                                                             login.account.login, now)
+    if not isinstance(decision, Allow):
+        return None
+    channel = decide_channel(decision.authorization, "forward", now)
+    return channel if isinstance(channel, AllowChannel) else None
 
 
 def forward_session(server: "GatewayServer", dest_host: str, dest_port: int) -> Any:
@@ -79,7 +94,7 @@ class _ForwardSession(asyncssh.SSHTCPSession):
         services = self.server.services
         try:
             await asyncio.wait_for(self.server.auth_ready.wait(), 30)
-            decision = _decide(self.server)
+            decision = await _decide_fresh(self.server)
             if decision is None:
                 self.server._audit_forward_denied("local", self.host, self.port)
                 self.finish("forward not granted")
@@ -124,6 +139,15 @@ class _ForwardSession(asyncssh.SSHTCPSession):
         if self.up is not None:
             self.up.write_eof()
         return True
+
+    def pause_writing(self) -> None:
+        # the client is not reading: stop reading from the target instead of buffering without bound
+        if self.up is not None:
+            self.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None:
+            self.up.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finish("client closed the forward")

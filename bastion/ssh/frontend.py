@@ -11,6 +11,7 @@ import asyncssh
 
 from bastion import __version__
 from bastion.keys import load_host_keys
+from bastion.ssh import asyncssh_hooks
 from bastion.ssh.server import GatewayServer
 from bastion.ssh_algorithms import server_algorithm_options
 
@@ -25,6 +26,7 @@ class SSHFrontEnd:
     """Accepts SSH connections: authentication, then channels bridged to targets."""
 
     def __init__(self, services: "Services"):
+        asyncssh_hooks.install()
         self.services = services
         config = services.config
         keys = load_host_keys(config.keys_dir)
@@ -34,7 +36,7 @@ class SSHFrontEnd:
             login_timeout=config["ssh.login_timeout"], keepalive_interval=config["ssh.keepalive_interval"],
             rekey_bytes=config["ssh.rekey_bytes"], rekey_seconds=config["ssh.rekey_seconds"],
             window=config["ssh.window"], encoding=None, line_editor=False, allow_pty=True,
-            agent_forwarding=False, x11_forwarding=False, kbdint_auth=False, gss_auth=False, gss_kex=False,
+            agent_forwarding=False, x11_forwarding=False, kbdint_auth=True, gss_auth=False, gss_kex=False,
             host_based_auth=False, rdns_lookup=False, allow_scp=False,
             **server_algorithm_options(config["ssh.post_quantum_only"]))
 

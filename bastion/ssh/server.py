@@ -1,4 +1,4 @@
-"""The asyncssh server: authentication callbacks and per-connection state for one client."""
+"""The asyncssh server: multi-factor authentication in sequence, and per-connection state for one client."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
+from asyncssh.public_key import decode_ssh_public_key
 
 from bastion.audit.events import ForwardDenied
-from bastion.auth.flow import AuthFlow
-from bastion.auth.identity import Identity
+from bastion.auth import levels
+from bastion.auth.flow import AuthFlow, Verdict
+from bastion.auth.neighbours import peer_mac
+from bastion.auth.skkeys import SK_ALGORITHMS, parse_sk_signature
 from bastion.errors import UpstreamError
 from bastion.policy import Allow, Deny, StepUp, TargetAuthorization
 from bastion.ssh.routing import Route, parse_login
@@ -21,6 +24,12 @@ if TYPE_CHECKING:
     from bastion.services import Services
 
 log = logging.getLogger("bastion.ssh")
+INVALID_LOGIN = "\x00invalid"
+MAX_REJECTIONS = 10
+
+OFFER_TEXT = {levels.TOTP: "a TOTP code (keyboard-interactive)",
+              levels.SK: "a FIDO2 security key (touch it)",
+              levels.SK_VERIFIED: "a FIDO2 security key with user verification (fingerprint or PIN)"}
 
 
 class GatewayServer(asyncssh.SSHServer):
@@ -35,7 +44,9 @@ class GatewayServer(asyncssh.SSHServer):
         self.flow = AuthFlow(services.authenticator, peer.addr, peer.port)
         self.authorization: TargetAuthorization | None = None
         self.ambiguous_accounts: tuple[str, ...] = ()
-        self._pending_key: str | None = None
+        self._partial = False
+        self._rejections = 0
+        self._banners: set[str] = set()
         self._upstreams: dict[tuple[int, int], asyncssh.SSHClientConnection] = {}
         self._upstream_lock = asyncio.Lock()
         self.channels: set[Any] = set()
@@ -53,80 +64,144 @@ class GatewayServer(asyncssh.SSHServer):
         self._upstreams.clear()
         self.peer.closed()
 
-    # authentication --------------------------------------------------------------------------------------
-
-    async def begin_auth(self, username: str) -> bool:
-        self.route = parse_login(username)
-        # An unparseable name is handled exactly like an unknown user: same methods, same cost, same failure.
-        await self.flow.start(self.route.user if self.route else "\x00invalid")
-        self.flow.login_name = self.route.user if self.route else username[:64]
-        return True
+    # methods offered -------------------------------------------------------------------------------------
+    # asyncssh asks these before every answer, so the client is offered exactly what is still needed.
 
     def password_auth_supported(self) -> bool:
-        return True
+        return self.flow.wants() == "first"
 
     def public_key_auth_supported(self) -> bool:
+        return self.flow.wants() == "first" or bool(self.flow.can_offer() & {levels.SK, levels.SK_VERIFIED})
+
+    def kbdint_auth_supported(self) -> bool:
+        return self.flow.wants() != "first" and levels.TOTP in self.flow.can_offer()
+
+    def take_partial_success(self) -> bool:
+        partial, self._partial = self._partial, False
+        return partial
+
+    # factors ---------------------------------------------------------------------------------------------
+
+    async def begin_auth(self, username: str) -> bool:
+        # asyncssh calls this again when the client changes the user name: start from nothing.
+        self.authorization = None
+        self.ambiguous_accounts = ()
+        self._partial = False
+        self.route = parse_login(username)
+        # The MAC is only meaningful for a peer on our own segment, never behind a load balancer.
+        mac = None if self.peer.via_proxy else await peer_mac(self.peer.addr)
+        self.flow = AuthFlow(self.services.authenticator, self.peer.addr, self.peer.port, mac)
+        # An unparseable name is handled exactly like an unknown user: same methods, same cost, same failure.
+        await self.flow.start(self.route.user if self.route else INVALID_LOGIN)
+        self.flow.login_name = self.route.user if self.route else username[:64]
+        self.flow.target = (self.route.target or "") if self.route else ""
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
-        identity = await self.flow.password(password)
-        if identity is None:
-            return False
-        if not await self._route_allowed("password"):
-            return False
-        await self.flow.succeeded(self.route.target or "" if self.route else "")
-        return True
+        verdict = await self.flow.password(password)
+        if verdict is not Verdict.ACCEPTED:
+            return self._rejected()
+        return await self._after_factor(levels.PASSWORD)
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        fingerprint = key.get_fingerprint("sha256")
-        if not await self.flow.public_key_acceptable(fingerprint):
-            return False
-        # The same key is checked again with its signature; decide the route once per key.
-        if self._pending_key == fingerprint:
-            return True
-        if not await self._route_allowed("publickey", prospective=True):
-            return False
-        self._pending_key = fingerprint
+        """Is this key registered and useful now? Only that: an unsigned query proves nothing, so the
+        route is decided after the signature (else a published public key would reveal grants)."""
+        if not await self.flow.key_acceptable(key.get_fingerprint("sha256")):
+            return self._rejected()
         return True
 
+    def _rejected(self) -> bool:
+        """Count a refused request; past the cap the connection is dropped (as MaxAuthTries does)."""
+        self._rejections += 1
+        if self._rejections >= MAX_REJECTIONS and self.conn is not None:
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many authentication failures")
+        return False
+
+    async def public_key_signature_verified(self, key_data: bytes, signature: bytes) -> bool:
+        """asyncssh verified a signature by an acceptable key (see asyncssh_hooks)."""
+        try:
+            key = decode_ssh_public_key(key_data)
+        except (asyncssh.KeyImportError, ValueError):
+            return False
+        assertion = None
+        if key.get_algorithm() in SK_ALGORITHMS:
+            try:
+                assertion = parse_sk_signature(signature)
+            except ValueError:
+                assertion = None
+        if await self.flow.key_signed(key.get_fingerprint("sha256"), assertion) is not Verdict.ACCEPTED:
+            return self._rejected()
+        return await self._after_factor(self.flow.factors[-1])
+
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Any:
+        if levels.TOTP not in self.flow.can_offer():
+            return False
+        instruction = f"Level {self.flow.required_level} is needed: enter the code from your authenticator app."
+        return "Bastion verification", instruction, "en-US", [("Verification code: ", False)]
+
+    async def validate_kbdint_response(self, username: str, responses: list[str]) -> bool:
+        if len(responses) != 1 or await self.flow.totp(responses[0]) is not Verdict.ACCEPTED:
+            return self._rejected()
+        return await self._after_factor(levels.TOTP)
+
+    # sequencing ------------------------------------------------------------------------------------------
+
+    async def _decide(self, identity):
+        assert self.route is not None and self.route.target is not None
+        return await self.services.policy.authorize_target(identity, self.route.target, self.route.account,
+                                                           self.services.clock.now())
+
+    async def _after_factor(self, method: str) -> bool:
+        """A factor was accepted: finish the login, ask for the next factor, or refuse."""
+        if self.route is not None and self.route.target is not None:
+            decision = await self._decide(self.flow.identity)
+            if isinstance(decision, Allow):
+                self.authorization = decision.authorization
+            elif isinstance(decision, StepUp):
+                self.flow.demand(decision.level)
+            elif decision.ambiguous_accounts:
+                self.ambiguous_accounts = decision.ambiguous_accounts
+            else:
+                if decision.user_message:
+                    self._banner(f"bastion: {decision.user_message}\r\n")
+                return await self._refuse(method, decision.reason)
+        if self.flow.complete:
+            if self.authorization is None and self.route is not None and self.route.target is not None \
+                    and not self.ambiguous_accounts:
+                decision = await self._decide(self.flow.identity)
+                if not isinstance(decision, Allow):
+                    return await self._refuse(method, "target not allowed at the reached level")
+                self.authorization = decision.authorization
+            await self.flow.succeeded()
+            return True
+        needed = self.flow.required_level
+        where = self.route.target if self.route and self.route.target else "this login"
+        offers = self.flow.can_offer()
+        if not offers:
+            self._banner(f"bastion: {where} needs authentication level {needed}: {levels.NEEDS[needed]}. "
+                         "None is enrolled for you or usable from this client; ask an administrator"
+                         f"{' or approve in the web console' if needed >= 3 else ''}.\r\n")
+            return await self._refuse(method, f"level {needed} needed, no usable factor")
+        self._banner(f"bastion: {where} needs authentication level {needed}; continue with "
+                     f"{' or '.join(OFFER_TEXT[o] for o in sorted(offers))}.\r\n")
+        self._partial = True
+        return False
+
+    async def _refuse(self, method: str, reason: str) -> bool:
+        await self.flow.refused_after_credentials(method, reason)
+        return self._rejected()
+
+    def _banner(self, text: str) -> None:
+        if self.conn is not None and text not in self._banners:
+            self._banners.add(text)
+            try:
+                self.conn.send_auth_banner(text)
+            except OSError:
+                pass
+
     async def auth_completed(self) -> None:
-        if self.flow.identity is None and self._pending_key is not None:
-            await self.flow.public_key_verified(self._pending_key)
-            await self._route_allowed("publickey")
-            await self.flow.succeeded(self.route.target or "" if self.route else "")
         self.peer.authenticated()
         self.auth_ready.set()
-
-    async def _route_allowed(self, method: str, prospective: bool = False) -> bool:
-        """When the login names a target, it must be one this user may use now; else the login fails.
-
-        Unknown user, unknown target and forbidden target therefore all look the same to the client.
-        """
-        assert self.route is not None
-        if self.route.target is None:
-            return True
-        identity = self.flow.identity
-        if prospective or identity is None:
-            user = self.flow.user
-            assert user is not None
-            identity = Identity(user.id, user.name, user.roles, user.groups, 1, (method,), self.peer.addr,
-                                self.peer.port)
-        decision = await self.services.policy.authorize_target(identity, self.route.target, self.route.account,
-                                                              self.services.clock.now())
-        if isinstance(decision, Allow):
-            if not prospective:
-                self.authorization = decision.authorization
-            return True
-        if isinstance(decision, Deny) and decision.ambiguous_accounts:
-            self.ambiguous_accounts = decision.ambiguous_accounts
-            return True
-        reason = decision.reason if isinstance(decision, Deny) else f"level {decision.level} required"
-        if isinstance(decision, StepUp):
-            # Second factors arrive with multi-level admission; until then a higher demand is refused.
-            reason = f"target demands level {decision.level}"
-        self.flow.identity = None
-        await self.flow.refused_after_credentials(method, reason, self.route.target)
-        return False
 
     # channels --------------------------------------------------------------------------------------------
 

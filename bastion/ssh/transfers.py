@@ -1,4 +1,8 @@
-"""Recognise legacy `scp -t/-f` and `rsync --server` exec commands as file transfers."""
+"""Recognise legacy `scp -t/-f` exec commands as file transfers (rsync needs `exec`).
+
+rsync's server side takes options that delete (`--remove-source-files`), write anywhere
+(`--log-file`) or run commands (`--daemon --config`), so it is never treated as a mere transfer.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dataclasses import dataclass
 # A transfer command may carry no shell syntax at all: otherwise `scp -t x; rm -rf /` would pass
 # as a "transfer" under a grant that has no `exec`.
 _SAFE = re.compile(r"^[A-Za-z0-9_./~ =,:+@%-]+$")
+SCP_SERVER_FLAGS = "tfrpdv"
 
 
 @dataclass(frozen=True)
@@ -32,14 +37,12 @@ def classify_exec(command: str) -> ExecTransfer | None:
         return None
     if not words:
         return None
-    if words[0] == "scp":
-        flags = [w for w in words[1:] if w.startswith("-")]
-        paths = [w for w in words[1:] if not w.startswith("-")]
-        letters = "".join(f[1:] for f in flags if f != "--")
-        if len(paths) != 1 or ("t" in letters) == ("f" in letters):
-            return None
-        return ExecTransfer("scp", "upload" if "t" in letters else "download", paths[0])
-    if words[0] == "rsync" and "--server" in words[1:]:
-        paths = [w for w in words[1:] if not w.startswith("-") and w != "."]
-        return ExecTransfer("rsync", "download" if "--sender" in words else "upload", paths[-1] if paths else ".")
-    return None
+    if words[0] != "scp":
+        return None
+    flags = [w for w in words[1:] if w.startswith("-")]
+    paths = [w for w in words[1:] if not w.startswith("-")]
+    letters = "".join(f[1:] for f in flags if f != "--")
+    # the server side of scp knows only these: to, from, recursive, preserve times, directory, verbose
+    if set(letters) - set(SCP_SERVER_FLAGS) or len(paths) != 1 or ("t" in letters) == ("f" in letters):
+        return None
+    return ExecTransfer("scp", "upload" if "t" in letters else "download", paths[0])

@@ -55,6 +55,7 @@ class User(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     failed_count: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    device_policy: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)  # off | advisory | required
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
     credentials: Mapped[list["Credential"]] = relationship(back_populates="user", cascade="all, delete-orphan")
@@ -87,6 +88,7 @@ class Target(Base):
     host_keys: Mapped[str] = mapped_column(Text)  # pinned OpenSSH public keys, one per line
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     min_level: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    device_policy: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
     accounts: Mapped[list["TargetAccount"]] = relationship(back_populates="target", cascade="all, delete-orphan")
@@ -141,12 +143,44 @@ class Session(Base):
     level: Mapped[int] = mapped_column(Integer, default=1)
     methods: Mapped[list[str]] = mapped_column(JSON, default=list)
     grant_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    device_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    device_proof: Mapped[str] = mapped_column(String(16), default="")
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     ended_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
     end_reason: Mapped[str] = mapped_column(String(64), default="")
     exit_status: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class GroupPolicy(Base):
+    """Settings that apply to every member of a group (groups themselves live on users)."""
+
+    __tablename__ = "group_policies"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_policy: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
+
+
+class Device(Base):
+    """An enrolled endpoint of a user: MAC addresses, a device SSH key, an mTLS certificate."""
+
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | approved | revoked
+    macs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    ssh_public_key: Mapped[str] = mapped_column(Text, default="")
+    ssh_fingerprint: Mapped[str] = mapped_column(String(128), default="", index=True)
+    cert_fingerprint: Mapped[str] = mapped_column(String(128), default="", index=True)
+    cert_serial: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    approved_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    last_seen_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Recording(Base):

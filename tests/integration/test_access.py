@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 
@@ -10,6 +11,7 @@ import asyncssh
 from bastion.recordings import list_audit
 
 from tests.support.clients import Login, paramiko_client, ssh
+from tests.support.gateway import GatewayProcess
 from tests.support.recordings import bastion_cli, wait_for_sessions
 
 DENIED = b"Permission denied"
@@ -106,3 +108,77 @@ def test_host_key_mismatch_is_refused_audited_and_explained(testbed):
     assert wrong.split()[1].encode() not in result.stderr
     events = testbed.directory.call(lambda s: list_audit(s, "hostkey.mismatch", 50, "test"))
     assert any(e["target"] == name and e["actor"] == alice.name for e in events)
+
+
+async def _two_channels(port: int, login: Login, spec: str, between) -> tuple[int, int]:
+    """Run `true` on one connection, call `between`, then open a second channel on the same connection."""
+    async with asyncssh.connect("127.0.0.1", port, username=spec, client_keys=[str(login.key)], known_hosts=None,
+                                agent_path=None, config=None) as conn:
+        first = await conn.run("true")
+        await asyncio.to_thread(between)
+        second = await conn.run("echo SECOND-RAN")
+        return first.exit_status, (second.exit_status, second.stdout)
+
+
+def test_a_revoked_grant_stops_new_channels_on_an_open_connection_at_once(testbed):
+    # a gateway whose periodic re-check is far away: only the per-channel decision can stop this
+    gateway = GatewayProcess(testbed.data_dir, env={"BASTION_POLICY_RECHECK_INTERVAL": "3600"}).start()
+    alice = testbed.user("exec", key=True)
+    grant = [g for g in testbed.admin().list_grants() if g["subject"] == f"user:{alice.name}"][0]
+    try:
+        first, (status, stdout) = asyncio.run(_two_channels(gateway.port, alice, f"{alice.name}:web01",
+                                                            lambda: testbed.admin().revoke_grant(grant["id"])))
+    finally:
+        gateway.stop()
+    assert first == 0
+    assert status != 0 and "SECOND-RAN" not in stdout
+
+
+def test_rsync_server_is_not_a_transfer_and_needs_exec(testbed):
+    alice = testbed.user("sftp-read,sftp-write")
+    result = ssh(testbed.port, alice, f"{alice.name}#web01",
+                 "rsync --server --sender --remove-source-files -logDtpre.iLsfxCIvu . /etc/hostname")
+    assert result.returncode == 1 and b"not granted" in result.stderr
+
+
+def test_public_key_query_does_not_reveal_grants(testbed, tmp_path):
+    alice = testbed.user("exec", key=True)
+    only_public = tmp_path / "only"
+    only_public.with_suffix(".pub").write_bytes(alice.key.with_suffix(".pub").read_bytes())
+    answers = []
+    for spec in (f"{alice.name}:web01", f"{alice.name}:no-such-target"):
+        result = ssh(testbed.port, Login(alice.name, key=only_public.with_suffix(".pub")), spec, "true",
+                     extra=["-v"])
+        answers.append(b"Server accepts key" in result.stderr)
+    assert answers[0] == answers[1]
+
+
+def test_a_live_shell_ends_when_only_its_shell_grant_is_revoked(testbed):
+    alice = testbed.user("shell")
+    testbed.admin().add_grant(user=alice.name, target="web01", account="root", actions=["sftp-read"])
+    client = paramiko_client(testbed.port, alice, f"{alice.name}:web01")
+    chan = client.invoke_shell()
+    chan.send(b"echo READY\n")
+    data, deadline = b"", time.monotonic() + 20
+    while b"READY" not in data and time.monotonic() < deadline:
+        data += chan.recv(4096)
+    shell_grant = [g for g in testbed.admin().list_grants()
+                   if g["subject"] == f"user:{alice.name}" and "shell" in g["actions"]][0]
+    testbed.admin().revoke_grant(shell_grant["id"])
+    chan.settimeout(20)
+    while not chan.exit_status_ready():
+        if not chan.recv(4096):
+            break
+    client.close()
+    assert wait_for_sessions(testbed, alice.name)[0]["end_reason"] == "access revoked or expired"
+
+
+def test_stdin_sent_while_the_session_is_set_up_arrives_complete_and_in_order(testbed):
+    alice = testbed.user("exec")
+    client = paramiko_client(testbed.port, alice, f"{alice.name}:web01")
+    stdin, stdout, _ = client.exec_command("cat")
+    lines = b"".join(b"%05d\n" % i for i in range(400))
+    stdin.write(lines)
+    stdin.channel.shutdown_write()
+    assert stdout.read() == lines
+    client.close()

@@ -1,12 +1,13 @@
 """The decision point: grants, expiry, revocation, levels, and who may mint authorizations."""
 
+import dataclasses
 import datetime as dt
 
 import pytest
 
 from bastion.auth.identity import Identity
-from bastion.policy import (Allow, AllowChannel, ChannelAuthorization, Deny, GrantFacts, StepUp, TargetAuthorization,
-                            TargetRef, decide, decide_channel)
+from bastion.policy import (ACTIONS, Allow, AllowChannel, ChannelAuthorization, Deny, GrantFacts, StepUp, TargetAuthorization,
+                            TargetFacts, TargetRef, decide, decide_channel, require_minted)
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 ALICE = Identity(1, "alice", ("user",), (), 1, ("password",), "127.0.0.1")
@@ -17,8 +18,10 @@ def grant(gid=1, account="root", actions=("shell",), until=None, since=None, lev
     return GrantFacts(gid, 10 if account == "root" else 11, account, frozenset(actions), since, until, level, revoked)
 
 
-def run(grants, identity=ALICE, target=WEB01, account=None, active=True, target_level=None, account_levels=None):
-    return decide(identity, active, target, target_level, account_levels or {}, grants, account, 1, NOW)
+def run(grants, identity=ALICE, target=WEB01, account=None, active=True, target_level=None, account_levels=None,
+        device_policy="off"):
+    facts = TargetFacts(active, target, target_level, account_levels or {}, grants, device_policy)
+    return decide(identity, facts, account, 1, NOW)
 
 
 def test_current_grant_allows_with_its_actions():
@@ -75,9 +78,34 @@ def test_channel_needs_the_action_and_an_unexpired_authorization():
 
 def test_authorizations_cannot_be_forged_outside_policy():
     authz = run([grant()]).authorization
+    assert authz.minted
+    forged = [TargetAuthorization(ALICE, WEB01, authz.account, frozenset({"shell"}), (1,), None, NOW),
+              dataclasses.replace(authz, actions=frozenset(ACTIONS)),
+              ChannelAuthorization(authz, "shell")]
+    for value in forged:
+        assert not value.minted
+        with pytest.raises(PermissionError):
+            require_minted(value)
+    with pytest.raises(PermissionError):
+        decide_channel(forged[1], "shell", NOW)
     with pytest.raises(TypeError):
-        TargetAuthorization(ALICE, WEB01, authz.account, frozenset({"shell"}), (1,), None, NOW)
-    with pytest.raises(TypeError):
-        ChannelAuthorization(authz, "shell")
-    with pytest.raises(TypeError):
-        TargetAuthorization(ALICE, WEB01, authz.account, frozenset({"shell"}), (1,), None, NOW, object())
+        TargetAuthorization(ALICE, WEB01, authz.account, frozenset({"shell"}), (1,), None, NOW, "off", object())
+
+
+def test_required_device_policy_denies_without_a_proven_device_with_a_message():
+    decision = run([grant()], device_policy="required")
+    assert isinstance(decision, Deny) and "bound device" in decision.user_message
+    on_device = Identity(1, "alice", ("user",), (), 1, ("password",), "10.0.0.2", device_id=7, device_proof="mac")
+    assert isinstance(run([grant()], identity=on_device, device_policy="required"), Allow)
+
+
+def test_advisory_device_policy_allows_and_flags_for_audit():
+    decision = run([grant()], device_policy="advisory")
+    assert isinstance(decision, Allow) and decision.authorization.device_unproven
+    assert not run([grant()], device_policy="off").authorization.device_unproven
+
+
+def test_device_demand_is_checked_only_for_granted_targets():
+    # unknown/forbidden targets keep their generic answer even under a device policy
+    decision = run([], device_policy="required")
+    assert isinstance(decision, Deny) and decision.user_message == ""

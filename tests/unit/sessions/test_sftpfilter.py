@@ -132,3 +132,24 @@ def test_random_bytes_never_crash_and_never_forward_a_write_under_read_only(data
             (pflags,) = struct.unpack_from(">I", forward, offset + 4 + end)
             assert not pflags & (f.PF_WRITE | f.PF_APPEND | f.PF_CREAT | f.PF_TRUNC)
         offset += 4 + length
+
+
+def test_client_version_is_pinned_to_3_and_other_target_versions_are_refused():
+    flt, _ = make()
+    forward, _ = flt.from_user(packet(f.FXP_INIT, u32(6)))
+    assert forward == packet(f.FXP_INIT, u32(3))
+    assert flt.from_target(packet(f.FXP_VERSION, u32(3))) == packet(f.FXP_VERSION, u32(3))
+    flt, _ = make()
+    with pytest.raises(f.SftpProtocolError):
+        flt.from_target(packet(f.FXP_VERSION, u32(6)))
+
+
+@pytest.mark.parametrize("reply", [packet(f.FXP_DATA, u32(2)), packet(f.FXP_DATA, u32(2), u32(99)),
+                                   packet(f.FXP_HANDLE, u32(1)), packet(f.FXP_STATUS)])
+def test_malformed_target_replies_are_protocol_errors_not_crashes(reply):
+    flt, _ = make()
+    flt.from_user(open_req(1, b"/x", f.PF_READ))
+    flt.from_target(packet(f.FXP_HANDLE, u32(1), s(b"H")))
+    flt.from_user(packet(f.FXP_READ, u32(2), s(b"H"), struct.pack(">Q", 0), u32(10)))
+    with pytest.raises(f.SftpProtocolError):
+        flt.from_target(reply)

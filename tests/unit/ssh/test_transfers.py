@@ -9,8 +9,6 @@ from bastion.ssh.transfers import classify_exec
     ("scp -t /tmp/", "upload", "/tmp/"),
     ("scp -v -d -t -- /tmp/x", "upload", "/tmp/x"),
     ("scp -f /etc/hostname", "download", "/etc/hostname"),
-    ("rsync --server -logDtpre.iLsfxCIvu . /tmp/dest", "upload", "/tmp/dest"),
-    ("rsync --server --sender -logDtpre.iLsfxCIvu . /tmp/src", "download", "/tmp/src"),
 ])
 def test_transfer_commands(command, direction, path):
     transfer = classify_exec(command)
@@ -19,6 +17,8 @@ def test_transfer_commands(command, direction, path):
 
 @pytest.mark.parametrize("command", ["scp -t /tmp; rm -rf /", "scp -t /tmp && id", "scp -t $(id)", "scp -t `id`",
                                      "scp -t /a /b", "scp -t -f /x", "scp /x", "ls", "", "scp -t '/tmp'|sh",
-                                     "rsync /a /b"])
+                                     "rsync /a /b", "rsync --server -logDtpre.iLsfxCIvu . /tmp/dest",
+                                     "rsync --server --sender --remove-source-files . /tmp/x", "scp -t -X /tmp",
+                                     "scp -S /bin/sh -t /tmp"])
 def test_anything_else_is_plain_exec(command):
     assert classify_exec(command) is None
