@@ -7,13 +7,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATA ?= $(CURDIR)/demo-data
 LISTEN ?= 127.0.0.1:8022
 
-.PHONY: demo test bench bench-full system venv clean
+.PHONY: demo test test-system bench bench-full system venv clean
 
 system:
 	@missing=""; \
 	[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || missing="$$missing openssh-server"; \
 	command -v ssh >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || missing="$$missing openssh-client"; \
 	$(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -30,7 +31,16 @@ venv: $(STAMP)
 demo: system venv
 	$(BIN)/bastion demo --data-dir $(DATA) --listen $(LISTEN)
 
-test: system venv
+# The test suite also builds a software FIDO2 key provider for ssh (gcc + OpenSSL headers).
+test-system: system
+	@missing=""; command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	[ -f /usr/include/openssl/evp.h ] || missing="$$missing libssl-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+test: test-system venv
 	$(BIN)/pytest -q -ra
 
 bench: system venv

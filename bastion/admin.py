@@ -18,7 +18,7 @@ from bastion.auth.passwords import hash_password
 from bastion.clock import Clock
 from bastion.errors import BastionError, Conflict, NotFound, UsageError
 from bastion.policy import ACTIONS
-from bastion.store.models import Credential, Grant, Session, Target, TargetAccount, User
+from bastion.store.models import Credential, Grant, GroupPolicy, Session, Target, TargetAccount, User
 from bastion.vault import Vault
 
 ROLES = ("admin", "auditor", "user")
@@ -27,7 +27,14 @@ TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 LOGIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 GROUP_NAME = USER_NAME
 HOST_NAME = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
-USER_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+USER_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
+                  "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+SK_KEY_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+def key_credential_kind(key: asyncssh.SSHKey) -> str:
+    """Credential kind of a login key: a FIDO2 security key, or an ordinary one."""
+    return "sk_key" if key.get_algorithm() in SK_KEY_TYPES else "ssh_key"
 MIN_RSA_BITS = 3072
 
 
@@ -36,6 +43,11 @@ def check_name(kind: str, value: str, pattern: re.Pattern[str]) -> str:
         shown = repr(value[:40]) if isinstance(value, str) else "?"
         raise UsageError(f"invalid {kind} name {shown}: use letters, digits, '.', '_' or '-'")
     return value
+
+
+def check_device_policy(value: str | None) -> None:
+    if value is not None and value not in ("off", "advisory", "required"):
+        raise UsageError("device policy must be off, advisory or required")
 
 
 def account_context(target_id: int, login: str) -> str:
@@ -135,7 +147,7 @@ class Admin:
                     if password_hash:
                         db.add(Credential(user_id=user.id, kind="password", public=password_hash, created_at=now))
                     for key in keys:
-                        db.add(Credential(user_id=user.id, kind="ssh_key",
+                        db.add(Credential(user_id=user.id, kind=key_credential_kind(key),
                                           public=key.export_public_key().decode().strip(),
                                           fingerprint=key.get_fingerprint("sha256"),
                                           label=key.get_comment() or "", created_at=now))
@@ -146,15 +158,65 @@ class Admin:
         await self._audit("user.add", name, None, after)
         return after
 
-    async def add_user_key(self, name: str, key_text: str) -> str:
+    async def add_user_key(self, name: str, key_text: str) -> dict[str, Any]:
         key = parse_user_key(key_text)
         fp = key.get_fingerprint("sha256")
+        kind = key_credential_kind(key)
         async with self.sessionmaker() as db, db.begin():
             user = await self._user(db, name)
-            db.add(Credential(user_id=user.id, kind="ssh_key", public=key.export_public_key().decode().strip(),
+            existing = (await db.execute(select(Credential).where(Credential.user_id == user.id,
+                                                                  Credential.fingerprint == fp))).first()
+            if existing is not None:
+                raise Conflict(f"{name} already has key {fp}")
+            db.add(Credential(user_id=user.id, kind=kind, public=key.export_public_key().decode().strip(),
                               fingerprint=fp, label=key.get_comment() or "", created_at=self.clock.now()))
-        await self._audit("user.key.add", name, None, {"fingerprint": fp})
-        return fp
+        after = {"fingerprint": fp, "kind": kind, "algorithm": key.get_algorithm()}
+        await self._audit("user.key.add", name, None, after)
+        return after
+
+    async def unlock_user(self, name: str) -> None:
+        async with self.sessionmaker() as db, db.begin():
+            user = await self._user(db, name)
+            before = {"failed_count": user.failed_count,
+                      "locked_until": user.locked_until.isoformat() if user.locked_until else None}
+            user.failed_count, user.locked_until = 0, None
+        await self._audit("user.unlock", name, before, {"failed_count": 0, "locked_until": None})
+
+    async def set_user_policy(self, name: str, device_policy: str | None) -> None:
+        check_device_policy(device_policy)
+        async with self.sessionmaker() as db, db.begin():
+            user = await self._user(db, name)
+            before = user.device_policy
+            user.device_policy = device_policy
+        await self._audit("user.policy", name, {"device_policy": before}, {"device_policy": device_policy})
+
+    async def set_group_policy(self, group: str, device_policy: str | None) -> None:
+        check_name("group", group, GROUP_NAME)
+        check_device_policy(device_policy)
+        async with self.sessionmaker() as db, db.begin():
+            row = await db.get(GroupPolicy, group)
+            before = row.device_policy if row else None
+            if row is None:
+                db.add(GroupPolicy(name=group, device_policy=device_policy))
+            else:
+                row.device_policy = device_policy
+        await self._audit("group.policy", f"group:{group}", {"device_policy": before},
+                          {"device_policy": device_policy})
+
+    async def set_target_policy(self, name: str, *, min_level: int | None = None,
+                                device_policy: str | None = None) -> None:
+        if min_level is not None and min_level not in (1, 2, 3):
+            raise UsageError("min level must be 1, 2 or 3")
+        check_device_policy(device_policy)
+        async with self.sessionmaker() as db, db.begin():
+            target = await self._target(db, name)
+            before = {"min_level": target.min_level, "device_policy": target.device_policy}
+            if min_level is not None:
+                target.min_level = min_level
+            if device_policy is not None:
+                target.device_policy = device_policy
+            after = {"min_level": target.min_level, "device_policy": target.device_policy}
+        await self._audit("target.policy", name, before, after)
 
     async def _user(self, db: Any, name: str) -> User:
         user = (await db.execute(select(User).where(User.name == name))).scalar_one_or_none()
@@ -169,8 +231,11 @@ class Admin:
         kinds: dict[int, list[str]] = {}
         for cred in creds:
             kinds.setdefault(cred.user_id, []).append(cred.kind)
-        return [{"name": u.name, "roles": list(u.roles), "groups": list(u.groups), "status": u.status,
-                 "credentials": sorted(kinds.get(u.id, [])), "created_at": u.created_at.isoformat()}
+        now = self.clock.now()
+        return [{"name": u.name, "roles": list(u.roles), "groups": list(u.groups),
+                 "status": "locked" if u.status == "active" and u.locked_until and u.locked_until > now else u.status,
+                 "credentials": sorted(kinds.get(u.id, [])), "device_policy": u.device_policy,
+                 "created_at": u.created_at.isoformat()}
                 for u in users]
 
     async def set_user_status(self, name: str, status: str) -> None:
@@ -183,8 +248,8 @@ class Admin:
 
     # targets ---------------------------------------------------------------------------------------------
 
-    async def add_target(self, name: str, host: str, port: int, host_keys: str,
-                         min_level: int | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    async def add_target(self, name: str, host: str, port: int, host_keys: str, min_level: int | None = None,
+                         labels: dict[str, str] | None = None, device_policy: str | None = None) -> dict[str, Any]:
         check_name("target", name, TARGET_NAME)
         if not HOST_NAME.fullmatch(host or ""):
             raise UsageError("invalid host")
@@ -192,12 +257,13 @@ class Admin:
             raise UsageError("port must be 1-65535")
         if min_level is not None and min_level not in (1, 2, 3):
             raise UsageError("min level must be 1, 2 or 3")
+        check_device_policy(device_policy)
         pinned = parse_host_keys(host_keys)
         async with self.sessionmaker() as db:
             try:
                 async with db.begin():
                     db.add(Target(name=name, host=host, port=port, host_keys=pinned, labels=labels or {},
-                                  min_level=min_level, created_at=self.clock.now()))
+                                  min_level=min_level, device_policy=device_policy, created_at=self.clock.now()))
             except IntegrityError:
                 raise Conflict(f"target {name} already exists") from None
         after = {"name": name, "host": host, "port": port, "host_key_fingerprints": fingerprints(pinned),
@@ -233,6 +299,7 @@ class Admin:
                 {"login": account.login, "kind": account.kind, "public_key": account.public_key,
                  "min_level": account.min_level})
         return [{"name": t.name, "host": t.host, "port": t.port, "min_level": t.min_level,
+                 "device_policy": t.device_policy,
                  "host_key_fingerprints": fingerprints(t.host_keys),
                  "accounts": sorted(by_target.get(t.id, []), key=lambda a: a["login"])} for t in targets]
 
@@ -350,6 +417,7 @@ class Admin:
 def session_view(s: Session) -> dict[str, Any]:
     return {"id": s.id, "user": s.user_name, "target": s.target_name, "account": s.account_login, "kind": s.kind,
             "command": s.command, "source": s.source_addr, "node": s.node, "level": s.level,
+            "device_id": s.device_id, "device_proof": s.device_proof,
             "methods": list(s.methods), "started_at": s.started_at.isoformat(),
             "ended_at": s.ended_at.isoformat() if s.ended_at else None, "end_reason": s.end_reason,
             "exit_status": s.exit_status, "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,

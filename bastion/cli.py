@@ -17,6 +17,7 @@ from bastion.config import SETTINGS, env_name, load_config
 from bastion.errors import BastionError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+DEVICE_POLICIES = ("off", "advisory", "required")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,7 +187,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_user_list(args: argparse.Namespace) -> int:
     rows = asyncio.run(_with_services(args, lambda s: _admin(s).list_users()))
-    _print(rows, args.json, ["name", "roles", "groups", "status", "credentials"])
+    _print(rows, args.json, ["name", "roles", "groups", "status", "credentials", "device_policy"])
     return EXIT_OK
 
 
@@ -204,8 +205,104 @@ def cmd_user_enable(args: argparse.Namespace) -> int:
 
 def cmd_user_key_add(args: argparse.Namespace) -> int:
     text = _key_text(args.file)
-    fp = asyncio.run(_with_services(args, lambda s: _admin(s).add_user_key(args.name, text)))
-    print(f"key {fp} added to {args.name}")
+    result = asyncio.run(_with_services(args, lambda s: _admin(s).add_user_key(args.name, text)))
+    kind = "security key (FIDO2)" if result["kind"] == "sk_key" else "SSH key"
+    print(f"{kind} {result['fingerprint']} added to {args.name}")
+    return EXIT_OK
+
+
+def cmd_user_unlock(args: argparse.Namespace) -> int:
+    asyncio.run(_with_services(args, lambda s: _admin(s).unlock_user(args.name)))
+    print(f"user {args.name} unlocked")
+    return EXIT_OK
+
+
+def cmd_user_set(args: argparse.Namespace) -> int:
+    asyncio.run(_with_services(args, lambda s: _admin(s).set_user_policy(args.name, args.device_policy)))
+    print(f"user {args.name}: device policy {args.device_policy}")
+    return EXIT_OK
+
+
+def cmd_group_set(args: argparse.Namespace) -> int:
+    asyncio.run(_with_services(args, lambda s: _admin(s).set_group_policy(args.name, args.device_policy)))
+    print(f"group {args.name}: device policy {args.device_policy}")
+    return EXIT_OK
+
+
+def cmd_totp_enroll(args: argparse.Namespace) -> int:
+    from bastion.auth.totp import qr_text
+
+    async def work(services: Any) -> dict:
+        return await _admin(services).enroll_totp(args.name, services.config["auth.totp_issuer"])
+
+    result = asyncio.run(_with_services(args, work))
+    if args.json:
+        _print(result, True)
+        return EXIT_OK
+    print(f"TOTP enrolled for {args.name}. Scan this code with an authenticator app, or enter the URI:")
+    print(qr_text(result["uri"]))
+    print(result["uri"])
+    print("This secret is shown once; `bastion user totp reset` replaces it.")
+    return EXIT_OK
+
+
+def cmd_totp_reset(args: argparse.Namespace) -> int:
+    asyncio.run(_with_services(args, lambda s: _admin(s).reset_totp(args.name)))
+    print(f"TOTP removed for {args.name}")
+    return EXIT_OK
+
+
+def cmd_device_add(args: argparse.Namespace) -> int:
+    key = _key_text(args.ssh_key) if args.ssh_key else None
+    if args.issue_cert and Path(args.issue_cert).exists():
+        raise UsageError(f"{args.issue_cert} exists; refusing to overwrite it")
+
+    async def work(services: Any) -> dict:
+        return await _admin(services).add_device(args.user, args.name, args.mac or [], ssh_key=key,
+                                                 keys_dir=services.config.keys_dir,
+                                                 issue_cert=bool(args.issue_cert))
+
+    result = asyncio.run(_with_services(args, work))
+    p12 = result.pop("p12", None)
+    password = result.pop("p12_password", None)
+    if p12 is not None:
+        fd = os.open(args.issue_cert, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(p12)
+    if args.json:
+        _print({**result, **({"p12_file": args.issue_cert, "p12_password": password} if p12 else {})}, True)
+        return EXIT_OK
+    print(f"device {result['id']} ({args.user}/{args.name}) added, pending approval: "
+          f"bastion device approve {result['id']}")
+    if p12 is not None:
+        print(f"client certificate written to {args.issue_cert}; its import password (shown once): {password}")
+    return EXIT_OK
+
+
+def cmd_device_list(args: argparse.Namespace) -> int:
+    rows = asyncio.run(_with_services(args, lambda s: _admin(s).list_devices(args.user)))
+    _print(rows, args.json, ["id", "user", "name", "status", "macs", "ssh_fingerprint", "last_seen_at"])
+    return EXIT_OK
+
+
+def cmd_device_approve(args: argparse.Namespace) -> int:
+    asyncio.run(_with_services(args, lambda s: _admin(s).set_device_status(args.id, "approved")))
+    print(f"device {args.id} approved")
+    return EXIT_OK
+
+
+def cmd_device_revoke(args: argparse.Namespace) -> int:
+    asyncio.run(_with_services(args, lambda s: _admin(s).set_device_status(args.id, "revoked")))
+    print(f"device {args.id} revoked")
+    return EXIT_OK
+
+
+def cmd_target_set(args: argparse.Namespace) -> int:
+    if args.min_level is None and args.device_policy is None:
+        raise UsageError("give --min-level and/or --device-policy")
+    asyncio.run(_with_services(args, lambda s: _admin(s).set_target_policy(
+        args.name, min_level=args.min_level, device_policy=args.device_policy)))
+    print(f"target {args.name} updated")
     return EXIT_OK
 
 
@@ -219,7 +316,7 @@ def cmd_target_add(args: argparse.Namespace) -> int:
     else:
         host_keys = _read_file(args.host_key, "host key file").decode("ascii", "replace")
     result = asyncio.run(_with_services(args, lambda s: _admin(s).add_target(
-        args.name, args.host, args.port, host_keys, min_level=args.min_level)))
+        args.name, args.host, args.port, host_keys, min_level=args.min_level, device_policy=args.device_policy)))
     _print(result, args.json)
     return EXIT_OK
 
@@ -382,11 +479,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p = command(user, "enable", cmd_user_enable, "enable a disabled user")
     p.add_argument("name")
+    p = command(user, "unlock", cmd_user_unlock, "unlock an account locked after wrong secrets")
+    p.add_argument("name")
+    p = command(user, "set", cmd_user_set, "set a user's device policy")
+    p.add_argument("name")
+    p.add_argument("--device-policy", required=True, choices=DEVICE_POLICIES)
     key = user.add_parser("key", help="user SSH keys").add_subparsers(dest="subsub", required=True,
                                                                        parser_class=_Parser)
-    p = command(key, "add", cmd_user_key_add, "add an SSH public key to a user")
+    p = command(key, "add", cmd_user_key_add,
+                "add an SSH public key (ordinary, or FIDO2 sk-ssh-ed25519/sk-ecdsa) to a user")
     p.add_argument("name")
     p.add_argument("file")
+    otp = user.add_parser("totp", help="dynamic tokens").add_subparsers(dest="subsub", required=True,
+                                                                         parser_class=_Parser)
+    p = command(otp, "enroll", cmd_totp_enroll, "create a TOTP secret and print its URI and QR code", listing)
+    p.add_argument("name")
+    p = command(otp, "reset", cmd_totp_reset, "remove a user's TOTP secret")
+    p.add_argument("name")
+
+    group = sub.add_parser("group", help="groups").add_subparsers(dest="sub", required=True, parser_class=_Parser)
+    p = command(group, "set", cmd_group_set, "set the device policy of every member of a group")
+    p.add_argument("name")
+    p.add_argument("--device-policy", required=True, choices=DEVICE_POLICIES)
+
+    device = sub.add_parser("device", help="devices").add_subparsers(dest="sub", required=True,
+                                                                     parser_class=_Parser)
+    p = command(device, "add", cmd_device_add, "enrol a device of a user (pending until approved)", listing)
+    p.add_argument("user")
+    p.add_argument("name")
+    p.add_argument("--mac", action="append", help="MAC address on the bastion's segment (repeatable)")
+    p.add_argument("--ssh-key", metavar="FILE", help="the device's own SSH public key")
+    p.add_argument("--issue-cert", metavar="OUT.p12", help="issue an mTLS client certificate into this file")
+    p = command(device, "list", cmd_device_list, "list devices", listing)
+    p.add_argument("--user")
+    p = command(device, "approve", cmd_device_approve, "approve a pending device")
+    p.add_argument("id", type=int)
+    p = command(device, "revoke", cmd_device_revoke, "revoke a device")
+    p.add_argument("id", type=int)
 
     target = sub.add_parser("target", help="targets").add_subparsers(dest="sub", required=True,
                                                                      parser_class=_Parser)
@@ -398,7 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--host-key", metavar="FILE", help="host public key (or known_hosts lines) to pin")
     pin.add_argument("--scan", action="store_true", help="fetch the host key now and pin it (print fingerprint)")
     p.add_argument("--min-level", type=_level, help="minimum authentication level (1-3)")
+    p.add_argument("--device-policy", choices=DEVICE_POLICIES)
     command(target, "list", cmd_target_list, "list targets", listing)
+    p = command(target, "set", cmd_target_set, "change a target's minimum level or device policy")
+    p.add_argument("name")
+    p.add_argument("--min-level", type=_level)
+    p.add_argument("--device-policy", choices=DEVICE_POLICIES)
     account = target.add_parser("account", help="target accounts").add_subparsers(dest="subsub", required=True,
                                                                                   parser_class=_Parser)
     p = command(account, "add", cmd_account_add, "add an account the bastion logs in with", listing)

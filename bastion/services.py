@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from bastion.admin import Admin
+from bastion.enrolment import Enrolment
 from bastion.audit.log import AuditLog
 from bastion.auth.devices import DeviceDirectory
 from bastion.auth.flow import Authenticator
@@ -70,8 +70,9 @@ class Services:
             await engine.dispose()
             raise
 
-    def admin(self, actor: str = "cli", source: str = "local") -> Admin:
-        return Admin(self.db, self.vault, self.audit, self.clock, actor=actor, source=source)
+    def admin(self, actor: str = "cli", source: str = "local") -> Enrolment:
+        """Administration (users, targets, grants) and enrolment (TOTP, devices), as `actor`."""
+        return Enrolment(self.db, self.vault, self.audit, self.clock, actor=actor, source=source)
 
     async def close(self) -> None:
         await self.sessions.stop()

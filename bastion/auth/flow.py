@@ -315,8 +315,9 @@ class AuthFlow:
         if self._locked():
             await self._fail(levels.PUBLICKEY, "account locked")
             return Verdict.REFUSED
+        # A key registered on an approved device proves that device, whatever else it is.
+        self.device = match_key(user.devices, fingerprint) or self.device
         if kind == "device":
-            self.device = match_key(user.devices, fingerprint)
             return await self._accepted(levels.PUBLICKEY, levels.PUBLICKEY)
         credential_id = user.keys[fingerprint][0]
         if kind == KEY_ORDINARY:

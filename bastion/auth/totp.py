@@ -23,7 +23,7 @@ def provisioning_uri(secret: str, user: str, issuer: str) -> str:
 def matching_step(secret: str, code: str, now: dt.datetime) -> int | None:
     """The time step whose code equals `code` (within ±1 step of now), or None."""
     code = (code or "").strip().replace(" ", "")
-    if len(code) != DIGITS or not code.isdigit():
+    if len(code) != DIGITS or not (code.isascii() and code.isdigit()):
         return None
     totp = pyotp.TOTP(secret, digits=DIGITS, interval=STEP)
     current = int(now.timestamp()) // STEP

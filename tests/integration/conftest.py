@@ -11,6 +11,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from urllib.parse import parse_qs, urlparse
+
 import pytest
 
 from bastion.datadir import init_data_dir
@@ -80,17 +82,30 @@ class Testbed:
         return self.directory.admin()
 
     def user(self, actions: str | None = "shell,exec", account: str = "root", key: bool = False,
-             target: str = "web01", until: str | None = None, prefix: str = "u") -> Login:
-        """A fresh user with a password (and a key if asked), granted `actions` on target/account."""
+             target: str = "web01", until: str | None = None, prefix: str = "u", totp: bool = False,
+             min_level: int | None = None) -> Login:
+        """A fresh user with a password (a key, a TOTP secret if asked), granted `actions` on target/account."""
         name = f"{prefix}{next(_names)}{self.backend[:2]}"
         password = f"correct-horse-{name}-battery"
         key_path = make_key(self.keys_dir, f"id_{name}") if key else None
         keys = [key_path.with_suffix(".pub").read_text()] if key_path else []
         self.admin().add_user(name, password=password, ssh_keys=keys)
+        secret = None
+        if totp:
+            uri = self.admin().enroll_totp(name, "Bastion")["uri"]
+            secret = parse_qs(urlparse(uri).query)["secret"][0]
         if actions:
             self.admin().add_grant(user=name, target=target, account=account, actions=actions.split(","),
-                                   until=until)
-        return Login(name, password=password, key=key_path)
+                                   until=until, min_level=min_level)
+        return Login(name, password=password, key=key_path, totp_secret=secret)
+
+    def target(self, prefix: str, min_level: int | None = None, device_policy: str | None = None) -> str:
+        """A new target name for the same sshd, with its own level and device policy (account root)."""
+        name = f"{prefix}-{next(_names)}{self.backend[:2]}"
+        self.admin().add_target(name, self.sshd.host, self.sshd.port, self.sshd.host_key_pub.read_text(),
+                                min_level=min_level, device_policy=device_policy)
+        self.sshd.authorize("root", self.admin().add_account(name, "root", generate=True)["public_key"])
+        return name
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +123,9 @@ def testbed(backend, target_sshd, keys_dir, tmp_path_factory, request):
     for login in accounts:
         public = admin.add_account("web01", login, generate=True)["public_key"]
         target_sshd.authorize(login, public)
-    gateway = GatewayProcess(data_dir, env={"BASTION_POLICY_RECHECK_INTERVAL": "0.5"}).start()
+    # Every test client comes from 127.0.0.1: the per-source limit is tested on its own gateway.
+    gateway = GatewayProcess(data_dir, env={"BASTION_POLICY_RECHECK_INTERVAL": "0.5",
+                                            "BASTION_AUTH_RATE_LIMIT_FAILURES": "100000"}).start()
     bed = Testbed(backend, data_dir, gateway, directory, target_sshd, keys_dir, accounts)
     yield bed
     gateway.stop()

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 _ASKPASS_DIR = Path(tempfile.mkdtemp(prefix="bastion-askpass-"))
 ASKPASS = _ASKPASS_DIR / "askpass.sh"
-ASKPASS.write_text('#!/bin/sh\nprintf "%s\\n" "$BASTION_TEST_PASSWORD"\n')
+# OpenSSH asks the askpass program for every prompt, with the prompt as $1: the TOTP prompt gets a
+# code (fixed, or computed now from the secret), everything else the password.
+ASKPASS.write_text(f"""#!/bin/sh
+case "$1" in
+  *erification*)
+    if [ -n "$BASTION_TEST_TOTP_CODE" ]; then printf '%s\\n' "$BASTION_TEST_TOTP_CODE"; exit 0; fi
+    exec {sys.executable} -c 'import os, pyotp; print(pyotp.TOTP(os.environ["BASTION_TEST_TOTP_SECRET"]).now())' ;;
+  *PIN*) printf '%s\\n' "$BASTION_TEST_SK_PIN" ;;
+  *) printf '%s\\n' "$BASTION_TEST_PASSWORD" ;;
+esac
+""")
 ASKPASS.chmod(0o700)
 
 COMMON = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -24,25 +35,45 @@ class Login:
     name: str
     password: str | None = None
     key: Path | None = None
+    totp_secret: str | None = None
+    totp_code: str | None = None
+    keys: tuple[Path, ...] = ()             # further keys offered after `key` (e.g. a FIDO2 key)
+    sk_provider: Path | None = None
+    extra_env: tuple[tuple[str, str], ...] = ()
 
     def options(self) -> list[str]:
         if self.key is not None:
-            return ["-o", "IdentitiesOnly=yes", "-o", "PreferredAuthentications=publickey", "-i", str(self.key)]
-        return ["-o", "PreferredAuthentications=password,keyboard-interactive", "-o", "PubkeyAuthentication=no",
+            methods = "publickey,keyboard-interactive,password" if (self.totp_secret or self.totp_code
+                                                                    or self.password) else "publickey"
+            opts = ["-o", "IdentitiesOnly=yes", "-o", f"PreferredAuthentications={methods}", "-i", str(self.key)]
+            for extra in self.keys:
+                opts += ["-i", str(extra)]
+            if self.sk_provider is not None:
+                opts += ["-o", f"SecurityKeyProvider={self.sk_provider}"]
+            return opts + ["-o", "NumberOfPasswordPrompts=1"]
+        return ["-o", "PreferredAuthentications=password,keyboard-interactive,publickey",
+                "-o", "PubkeyAuthentication=" + ("yes" if self.keys else "no"),
+                *[arg for extra in self.keys for arg in ("-i", str(extra))],
+                *(["-o", f"SecurityKeyProvider={self.sk_provider}", "-o", "IdentitiesOnly=yes"]
+                  if self.sk_provider else []),
                 "-o", "NumberOfPasswordPrompts=1"]
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "BASTION_SOFTSK_"))}
         env.update({"SSH_ASKPASS": str(ASKPASS), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0",
-                    "BASTION_TEST_PASSWORD": self.password or "", "LANG": "C.UTF-8"})
+                    "BASTION_TEST_PASSWORD": self.password or "", "LANG": "C.UTF-8",
+                    "BASTION_TEST_TOTP_SECRET": self.totp_secret or "", "BASTION_TEST_TOTP_CODE": self.totp_code or ""})
+        env.update(dict(self.extra_env))
         return env
 
 
 def ssh(port: int, login: Login, user_spec: str, *command: str, tty: bool = False, input: bytes | None = None,
-        timeout: float = 60, extra: list[str] | None = None) -> subprocess.CompletedProcess:
-    args = ["ssh", "-p", str(port), *COMMON, *login.options(), *(extra or [])]
+        timeout: float = 60, extra: list[str] | None = None, host: str = "127.0.0.1",
+        prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    # `extra` goes first: for -o options ssh keeps the first value it is given
+    args = [*(prefix or []), "ssh", "-p", str(port), *(extra or []), *COMMON, *login.options()]
     args += ["-tt"] if tty else ["-T"]
-    args += [f"{user_spec}@127.0.0.1", *command]
+    args += [f"{user_spec}@{host}", *command]
     return subprocess.run(args, input=input or b"", capture_output=True, timeout=timeout, env=login.env(),
                           start_new_session=True)
 

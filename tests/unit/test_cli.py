@@ -99,6 +99,21 @@ def test_contract_commands_work_and_list_as_json(data_dir, tmp_path):
     (["recording", "export", "no-such-session", "-o", "/tmp/x.cast"], "no recording"),
     (["replay", "x", "--speed", "-1"], "speed"),
     (["grant", "add", "--min-level", "7", "--user", "u", "--target", "t", "--account", "a"], "1, 2 or 3"),
+    (["user", "totp", "enroll", "nobody"], "no such user"),
+    (["user", "totp", "reset", "carol"], "no TOTP"),
+    (["user", "unlock", "nobody"], "no such user"),
+    (["user", "set", "carol", "--device-policy", "maybe"], "invalid choice"),
+    (["user", "key", "add", "carol", "/etc/hostname"], "not an OpenSSH public key"),
+    (["device", "add", "carol", "laptop"], "at least one of"),
+    (["device", "add", "carol", "laptop", "--mac", "zz:zz"], "not a MAC"),
+    (["device", "add", "carol", "laptop", "--mac", "01:00:5e:00:00:01"], "unicast"),
+    (["device", "add", "carol", "bad name", "--mac", "02:00:00:00:00:01"], "invalid device name"),
+    (["device", "add", "nobody", "laptop", "--mac", "02:00:00:00:00:01"], "no such user"),
+    (["device", "approve", "4242"], "no such device"),
+    (["device", "revoke", "x"], "invalid int"),
+    (["group", "set", "Bad Group", "--device-policy", "off"], "invalid group name"),
+    (["target", "set", "nosuch", "--min-level", "2"], "no such target"),
+    (["target", "set", "db01"], "give --min-level"),
 ])
 def test_garbage_flags_give_one_clear_line_and_change_nothing(data_dir, args, fragment):
     before = snapshot(data_dir)
