@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATA ?= $(CURDIR)/demo-data
 LISTEN ?= 127.0.0.1:8022
+# sslyze pins an older cryptography than the project's, so it lives in a venv of its own.
+SSLYZE_VENV := .venv-sslyze
+SSLYZE_VERSION := 6.3.1
 
-.PHONY: demo test test-system bench bench-full system venv clean
+.PHONY: demo test test-system bench bench-full system venv clean assets sslyze
 
 system:
 	@missing=""; \
@@ -28,19 +31,37 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: system venv
+demo: system venv assets
 	$(BIN)/bastion demo --data-dir $(DATA) --listen $(LISTEN)
 
-# The test suite also builds a software FIDO2 key provider for ssh (gcc + OpenSSL headers).
+# The test suite also builds a software FIDO2 key provider for ssh (gcc + OpenSSL headers)
+# and drives Debian's Chromium through Playwright (we never download browser builds).
 test-system: system
 	@missing=""; command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	[ -f /usr/include/openssl/evp.h ] || missing="$$missing libssl-dev"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -d /usr/share/fonts/truetype/dejavu ] || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-test: test-system venv
+# Front-end bundles from npm (web/package-lock.json) copied into web/static/vendor/.
+assets:
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian packages: nodejs npm"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; \
+	}
+	@sh web/build.sh
+
+$(SSLYZE_VENV)/.installed-$(SSLYZE_VERSION):
+	[ -x $(SSLYZE_VENV)/bin/python ] || $(PYTHON) -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/pip install -q --disable-pip-version-check 'sslyze==$(SSLYZE_VERSION)'
+	rm -f $(SSLYZE_VENV)/.installed-*; touch $@
+
+sslyze: system $(SSLYZE_VENV)/.installed-$(SSLYZE_VERSION)
+
+test: test-system venv assets sslyze
 	$(BIN)/pytest -q -ra
 
 bench: system venv

@@ -403,6 +403,47 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from bastion.apitokens import ApiTokens, parse_ttl
+
+    ttl = parse_ttl(args.ttl)
+    scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
+    token, info = asyncio.run(_with_services(args, lambda s: ApiTokens(s.db, s.audit, s.clock).create(
+        args.user, scopes, ttl, actor=_actor(), label=args.label or "")))
+    if args.json:
+        _print({**info, "token": token}, True)
+    else:
+        print(f"token {info['id']} for {info['user']} ({', '.join(info['scopes'])}), expires {info['expires_at']}")
+        print("shown once; send it as 'Authorization: Bearer <token>':")
+        print(token)
+    return EXIT_OK
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from bastion.apitokens import ApiTokens
+
+    rows = asyncio.run(_with_services(args, lambda s: ApiTokens(s.db, s.audit, s.clock).list()))
+    _print(rows, args.json, ["id", "user", "scopes", "state", "expires_at", "label"])
+    return EXIT_OK
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from bastion.apitokens import ApiTokens
+
+    asyncio.run(_with_services(args, lambda s: ApiTokens(s.db, s.audit, s.clock).revoke(args.id, actor=_actor())))
+    print(f"token {args.id} revoked")
+    return EXIT_OK
+
+
+def cmd_sessions_kill(args: argparse.Namespace) -> int:
+    ok = asyncio.run(_with_services(args, lambda s: s.sessions.request_kill(
+        args.session_id, f"terminated by {_actor()}: {args.reason}")))
+    if not ok:
+        raise UsageError(f"no live session {args.session_id[:64]}")
+    print(f"session {args.session_id} will end within a few seconds")
+    return EXIT_OK
+
+
 def cmd_audit_list(args: argparse.Namespace) -> int:
     from bastion.recordings import list_audit
 
@@ -563,6 +604,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                                           parser_class=_Parser)
     p = command(sessions, "list", cmd_sessions_list, "list sessions, newest first", listing)
     p.add_argument("--limit", type=int, default=1000)
+    p = command(sessions, "kill", cmd_sessions_kill, "end a live session (on whichever node runs it)")
+    p.add_argument("session_id")
+    p.add_argument("--reason", default="no reason given")
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="sub", required=True,
+                                                                      parser_class=_Parser)
+    p = command(token, "create", cmd_token_create, "create a scoped, expiring API token", listing)
+    p.add_argument("--user", required=True)
+    p.add_argument("--scope", required=True, help="comma list of me, audit:read, audit:write, admin:read, admin:write")
+    p.add_argument("--ttl", required=True, help="lifetime: 30m, 12h, 90d (at most 365d)")
+    p.add_argument("--label")
+    command(token, "list", cmd_token_list, "list API tokens", listing)
+    p = command(token, "revoke", cmd_token_revoke, "revoke an API token")
+    p.add_argument("id", type=int)
 
     recording = sub.add_parser("recording", help="recordings").add_subparsers(dest="sub", required=True,
                                                                               parser_class=_Parser)

@@ -6,7 +6,9 @@ import asyncio
 import logging
 
 from bastion.config import Config
-from bastion.console.app import ConsoleServer
+from bastion.console.app import ConsoleServer, create_app
+from bastion.pki import ensure_device_ca
+from bastion.tlsconfig import server_context
 from bastion.listener import Listener
 from bastion.services import Services
 from bastion.ssh.frontend import SSHFrontEnd
@@ -21,7 +23,10 @@ class Gateway:
     def __init__(self, services: Services):
         self.services = services
         self.ssh = SSHFrontEnd(services)
-        self.console = ConsoleServer(services.config)
+        config = services.config
+        ensure_device_ca(config.keys_dir)  # mTLS: device certificates are optional at the TLS level
+        self.console = ConsoleServer(config, ssl_context=server_context(config.keys_dir, client_ca=True),
+                                     app=create_app(config, services))
         self.listener = Listener(services.config, self.ssh.handle, self.console.handle)
 
     async def start(self) -> tuple[str, int]:
@@ -30,6 +35,8 @@ class Gateway:
             log.warning("sealed %d recording(s) left open by an earlier crash as truncated", sealed)
         await self.console.start()
         address = await self.listener.start()
+        config = self.services.config
+        self.services.public_url = config["console.public_url"] or f"https://{config['console.rp_id']}:{address[1]}"
         self.services.sessions.start_rechecks()
         return address
 

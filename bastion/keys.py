@@ -50,7 +50,7 @@ def load_host_keys(keys_dir: Path) -> list[asyncssh.SSHKey]:
     return keys
 
 
-def create_tls_material(keys_dir: Path, valid_days: int = 397) -> tuple[Path, Path]:
+def create_tls_material(keys_dir: Path, valid_days: int = 365) -> tuple[Path, Path]:
     """A self-signed ECDSA P-256 certificate for loopback and this host's name."""
     key = ec.generate_private_key(ec.SECP256R1())
     hostname = socket.gethostname()
@@ -67,6 +67,9 @@ def create_tls_material(keys_dir: Path, valid_days: int = 397) -> tuple[Path, Pa
             .add_extension(san, critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            # Key identifiers let path validators (and sslyze's Mozilla profile check) chain the certificate.
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
     key_path, cert_path = keys_dir / TLS_KEY, keys_dir / TLS_CERT
     _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

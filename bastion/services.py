@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from bastion.enrolment import Enrolment
+from bastion.approvals import Approvals
 from bastion.audit.log import AuditLog
 from bastion.auth.devices import DeviceDirectory
 from bastion.auth.flow import Authenticator
@@ -42,6 +44,9 @@ class Services:
     sessions: SessionRegistry
     upstream: UpstreamConnector
     executor: ThreadPoolExecutor
+    approvals: Approvals
+    # Where browsers reach the console (set by the gateway once its port is known): approval links use it.
+    public_url: str = ""
 
     @classmethod
     async def open(cls, config: Config, clock: Clock | None = None, migrate: bool = True) -> "Services":
@@ -64,8 +69,9 @@ class Services:
                 Lockout(db, clock, config["auth.lockout_threshold"], config["auth.lockout_minutes"]),
                 SourceRateLimit(config["auth.rate_limit_failures"], config["auth.rate_limit_window"], clock.monotonic),
                 DeviceDirectory(db, clock))
+            approvals = Approvals(db, clock, dt.timedelta(seconds=config["console.approval_seconds"]))
             return cls(config, clock, engine, db, vault, audit, policy, authenticator, recordings,
-                       sessions, UpstreamConnector(config, db, vault, audit), executor)
+                       sessions, UpstreamConnector(config, db, vault, audit), executor, approvals)
         except BaseException:
             await engine.dispose()
             raise

@@ -11,6 +11,8 @@ from sqlalchemy.engine import make_url
 from tests.support.databases import admin_execute, create_pg_database, drop_pg_database, skip_without_pg
 
 BACKENDS = ["sqlite", "postgresql"]
+# One testbed per backend per run, shared by the integration and browser tests.
+pytest_plugins = ["tests.support.testbed"]
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,7 @@ class UserFacts:
     keys: dict[str, tuple[int, str]] = field(default_factory=dict)   # fingerprint -> (credential id, kind)
     totp_id: int | None = None
     devices: tuple[DeviceFacts, ...] = ()
+    webauthn_ids: tuple[int, ...] = ()
 
     @property
     def has_totp(self) -> bool:
@@ -93,9 +94,10 @@ class Authenticator:
         password = next((c.public for c in creds if c.kind == "password"), None)
         keys = {c.fingerprint: (c.id, c.kind) for c in creds if c.kind in (KEY_ORDINARY, KEY_SK)}
         totp_id = next((c.id for c in creds if c.kind == "totp"), None)
+        webauthn_ids = tuple(c.id for c in creds if c.kind == "webauthn")
         devices = await self.devices.for_user(user.id)
         return UserFacts(user.id, user.name, tuple(user.roles or ()), tuple(user.groups or ()),
-                         user.status == "active", user.locked_until, password, keys, totp_id, devices)
+                         user.status == "active", user.locked_until, password, keys, totp_id, devices, webauthn_ids)
 
     async def totp_secret(self, user_id: int, credential_id: int) -> str | None:
         async with self._sessionmaker() as db:
@@ -182,6 +184,8 @@ class AuthFlow:
         offers = set()
         if unused_sk:
             offers.add(levels.SK_VERIFIED if want == "verified" else levels.SK)
+        if any(cid not in self._used_credentials for cid in user.webauthn_ids):
+            offers.add(levels.WEBAUTHN_VERIFIED if want == "verified" else levels.WEBAUTHN)
         if want == "second" and user.has_totp and levels.TOTP not in self.factors:
             offers.add(levels.TOTP)
         return offers
@@ -329,6 +333,32 @@ class AuthFlow:
             return await self._wrong(levels.SK, "security key counter did not increase (cloned key?)")
         factor = levels.SK_VERIFIED if assertion.user_verified else levels.SK
         return await self._accepted(factor, factor, credential_id)
+
+    async def wrong_answer(self, method: str, reason: str) -> Verdict:
+        """A factor answered wrongly outside this module's own checks (e.g. a WebAuthn signature)."""
+        return await self._wrong(method, reason)
+
+    async def webauthn(self, credential_id: int, user_present: bool, user_verified: bool, counter: int) -> Verdict:
+        """A browser security key answered (already verified by the WebAuthn service)."""
+        user = self._usable()
+        if user is None or self.wants() == "first" or credential_id in self._used_credentials:
+            return Verdict.REFUSED
+        if self._locked():
+            await self._fail(levels.WEBAUTHN, "account locked")
+            return Verdict.REFUSED
+        if not user_present:
+            return await self._wrong(levels.WEBAUTHN, "security key answer without user presence")
+        # Authenticators without a counter always send 0; any other value must grow.
+        if counter != 0 and not await self._auth.claim_counter(credential_id, counter):
+            return await self._wrong(levels.WEBAUTHN, "security key counter did not increase (cloned key?)")
+        factor = levels.WEBAUTHN_VERIFIED if user_verified else levels.WEBAUTHN
+        return await self._accepted(factor, factor, credential_id)
+
+    async def approved_in_browser(self, factor: str) -> Verdict:
+        """The user confirmed this login in the console with a security key (a one-time approval)."""
+        if self._usable() is None or factor not in (levels.WEBAUTHN, levels.WEBAUTHN_VERIFIED):
+            return Verdict.REFUSED
+        return await self._accepted("browser-approval", factor)
 
     def _reason_unusable(self) -> str:
         return "unknown user" if self.user is None else "user disabled"

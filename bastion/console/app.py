@@ -1,62 +1,76 @@
-"""The aiohttp application and the server that takes already-accepted sockets from the listener."""
+"""The console application (routes, middleware, templates) and the server that takes accepted sockets."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import mimetypes
 import socket
 import ssl
-from typing import TYPE_CHECKING, Awaitable, Callable
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from bastion.apitokens import ApiTokens
+from bastion.auth.webauthn import WebAuthnService
 from bastion.config import Config
+from bastion.console import middleware, openapi, render
+from bastion.console.routes import Access, Route, install
+from bastion.console.websession import SessionStore
 from bastion.tlsconfig import server_context
 
 if TYPE_CHECKING:
     from bastion.listener import Peer
+    from bastion.services import Services
 
 log = logging.getLogger(__name__)
 
 # How long close() lets in-flight requests finish before their connections are dropped.
 SHUTDOWN_TIMEOUT = 10.0
-
-SECURITY_HEADERS = {
-    "Strict-Transport-Security": "max-age=31536000",
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    # aiohttp would otherwise announce its own and Python's versions.
-    "Server": "bastion",
-}
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    # on_response_prepare reaches every response the router produced, the 404s included.
-    for name, value in SECURITY_HEADERS.items():
-        response.headers[name] = value
-
-
-@web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        # Deny by default, and answer a wrong method like a missing route, so that probing
-        # cannot tell which paths exist.
-        status = 404 if exc.status == 405 else exc.status
-        reason = "not found" if status == 404 else exc.reason.lower()
-        return web.json_response({"error": reason}, status=status)
+SECURITY_HEADERS = middleware.SECURITY_HEADERS
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png",
+                ".woff2": "font/woff2", ".map": "application/json"}
 
 
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+def _static(root: Path):
+    root = root.resolve()
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        wanted = (root / request.match_info["path"]).resolve()
+        # Only regular files inside web/static, of the few types the console ships.
+        if root not in wanted.parents or not wanted.is_file() or wanted.suffix not in STATIC_TYPES:
+            raise web.HTTPNotFound()
+        response = web.FileResponse(wanted, headers={"Content-Type": STATIC_TYPES[wanted.suffix],
+                                                     "Cache-Control": "private, max-age=300"})
+        return response
+
+    return serve
+
+
+def all_routes(web_dir: Path) -> list[Route]:
+    from bastion.console.views import admin, approve, audit, login, me, terminal
+
+    routes = [
+        Route("GET", "/healthz", _healthz, Access.PUBLIC, "Health check"),
+        Route("GET", "/static/{path:[A-Za-z0-9_./-]{1,200}}", _static(web_dir / "static"), Access.PUBLIC,
+              "Static assets"),
+        *login.ROUTES, *me.ROUTES, *terminal.ROUTES, *approve.ROUTES, *audit.ROUTES, *admin.ROUTES,
+    ]
+
+    async def spec(request: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    routes.append(Route("GET", "/api/v1/openapi.json", spec, Access.PUBLIC, "This OpenAPI document"))
+    document = openapi.document(routes)
+    return routes
 
 
 class _AccessLogger(AbstractAccessLogger):
@@ -66,11 +80,22 @@ class _AccessLogger(AbstractAccessLogger):
         self.logger.info("%s %s %s %.3fs", request.method, request.path, response.status, time)
 
 
-def create_app(config: Config) -> web.Application:
-    """The console application: /healthz for now, everything else 404."""
-    app = web.Application(middlewares=[_json_errors])
-    app.router.add_get("/healthz", _healthz)
-    app.on_response_prepare.append(_add_security_headers)
+def create_app(config: Config, services: "Services | None" = None, web_dir: Path | None = None) -> web.Application:
+    """The console. Without services (listener tests) only /healthz is served; everything else is 404."""
+    app = web.Application(middlewares=[middleware.errors, middleware.gatekeeper], client_max_size=1 << 20)
+    app.on_response_prepare.append(middleware.security_headers)
+    app[render.PEERS] = weakref.WeakKeyDictionary()
+    if services is None:
+        install(app, [Route("GET", "/healthz", _healthz, Access.PUBLIC, "Health check")])
+        return app
+    web_dir = web_dir or render.WEB_DIR
+    app[render.SERVICES] = services
+    app[render.SESSIONS] = SessionStore(services.db, services.clock,
+                                        dt.timedelta(minutes=config["console.idle_timeout"]))
+    app[render.TOKENS] = ApiTokens(services.db, services.audit, services.clock)
+    app[render.WEBAUTHN] = WebAuthnService(config["console.rp_id"])
+    app[render.JINJA] = render.environment(web_dir / "templates")
+    install(app, all_routes(web_dir))
     return app
 
 
@@ -105,7 +130,7 @@ class ConsoleServer:
         server = runner.server
         loop = asyncio.get_running_loop()
         try:
-            await loop.connect_accepted_socket(
+            transport, _ = await loop.connect_accepted_socket(
                 lambda: server(), sock, ssl=self._ssl_context,
                 ssl_handshake_timeout=self._config["listener.tls_handshake_timeout"])
         except OSError as exc:
@@ -113,6 +138,9 @@ class ConsoleServer:
             # (ssl.SSLError, ConnectionError and TimeoutError are all OSErrors.)
             log.info("TLS handshake from %s failed: %s", peer.addr, _handshake_failure(exc))
             sock.close()
+            return
+        # Requests find their real peer (PROXY v2 address) through their transport.
+        self._app[render.PEERS][transport] = peer
 
     async def close(self) -> None:
         runner, self._runner = self._runner, None

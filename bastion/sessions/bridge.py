@@ -139,8 +139,11 @@ class Bridge:
             self._chan.write_eof()
 
     def resize(self, width: int, height: int, pixwidth: int = 0, pixheight: int = 0) -> None:
+        self.live.width, self.live.height = width, height
         if self.record_io:
             self.live.recorder.resize(width, height)
+            if self.live.watchers:
+                self.live.broadcast("r", f"{width}x{height}")
         if self._chan is not None and not self._finished:
             self._chan.change_terminal_size(width, height, pixwidth, pixheight)
 
@@ -177,6 +180,8 @@ class Bridge:
         if self.record_io:
             recorder = self.live.recorder
             recorder.output(data)
+            if self.live.watchers:
+                self.live.broadcast("o", data)
             if recorder.backlogged and "recorder" not in self._paused_by:
                 self._pause_target("recorder")
                 recorder.on_drained(lambda: self._resume_target("recorder"))

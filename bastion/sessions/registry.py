@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from bastion.audit.events import RecordingFailure, SessionEnd, SessionStart
@@ -19,6 +19,7 @@ from bastion.policy import ChannelAuthorization, Policy, require_minted
 from bastion.store.models import Session
 
 log = logging.getLogger("bastion.sessions")
+KILL_POLL_SECONDS = 1.0  # a kill requested on another node ends the session within this, plus a moment
 
 
 @dataclass
@@ -38,6 +39,18 @@ class LiveSession:
     exit_status: int | None = None
     ended: bool = False
     end_reason: str = ""
+    width: int = 80
+    height: int = 24
+    watchers: set = field(default_factory=set)
+
+    def broadcast(self, kind: str, data: bytes | str) -> None:
+        """Hand an event to live viewers; a viewer that cannot keep up is dropped, never waited for."""
+        for watcher in list(self.watchers):
+            try:
+                watcher.put_nowait((kind, data))
+            except asyncio.QueueFull:
+                self.watchers.discard(watcher)
+                watcher.put_nowait_overflow()
 
     @property
     def user(self) -> str:
@@ -67,6 +80,7 @@ class SessionRegistry:
     recheck_interval: float
     _live: dict[str, LiveSession] = field(default_factory=dict)
     _recheck_task: asyncio.Task | None = None
+    _kill_task: asyncio.Task | None = None
     _tasks: set = field(default_factory=set)
 
     def live(self) -> list[LiveSession]:
@@ -112,7 +126,7 @@ class SessionRegistry:
             await self._close_row(session_id, "recording unavailable", None, 0, 0)
             raise
         live = LiveSession(session_id, connection_id, authorization, kind, command, self.clock.monotonic(),
-                           recorder, terminate_cb)
+                           recorder, terminate_cb, width=width, height=height)
         holder["live"] = live
         self._live[session_id] = live
         await self.audit.emit(SessionStart(actor=identity.name, source=identity.source_addr,
@@ -163,19 +177,56 @@ class SessionRegistry:
                 ended_at=self.clock.now(), end_reason=reason[:64], exit_status=exit_status, bytes_up=up,
                 bytes_down=down))
 
+    async def request_kill(self, session_id: str, reason: str) -> bool:
+        """End a session on whichever node runs it: at once here, within a poll interval elsewhere."""
+        async with self.sessionmaker() as db, db.begin():
+            result = await db.execute(update(Session).where(Session.id == session_id, Session.ended_at.is_(None))
+                                      .values(kill_requested_at=self.clock.now(), kill_reason=reason[:256]))
+            if result.rowcount == 0:
+                return False
+        live = self._live.get(session_id)
+        if live is not None:
+            live.terminate(reason)
+        return True
+
+    async def _kill_requested(self) -> None:
+        if not self._live:
+            return
+        async with self.sessionmaker() as db:
+            rows = (await db.execute(select(Session.id, Session.kill_reason).where(
+                Session.id.in_(list(self._live)), Session.kill_requested_at.is_not(None)))).all()
+        for session_id, reason in rows:
+            live = self._live.get(session_id)
+            if live is not None:
+                live.terminate(reason or "terminated by an auditor")
+
+    async def _kill_loop(self) -> None:
+        while True:
+            await asyncio.sleep(KILL_POLL_SECONDS)
+            try:
+                await self._kill_requested()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("polling kill requests failed")
+
     def start_rechecks(self) -> None:
         if self._recheck_task is None:
-            self._recheck_task = asyncio.get_running_loop().create_task(self._recheck_loop())
+            loop = asyncio.get_running_loop()
+            self._recheck_task = loop.create_task(self._recheck_loop())
+            self._kill_task = loop.create_task(self._kill_loop())
 
     async def stop(self) -> None:
-        if self._recheck_task is not None:
-            self._recheck_task.cancel()
+        for task in (self._recheck_task, self._kill_task):
+            if task is None:
+                continue
+            task.cancel()
             try:
-                await self._recheck_task
+                await task
             except asyncio.CancelledError:
                 if asyncio.current_task().cancelling():
                     raise
-            self._recheck_task = None
+        self._recheck_task = self._kill_task = None
 
     async def recheck_now(self) -> int:
         """End live sessions whose grant was revoked or expired, or whose user was disabled."""

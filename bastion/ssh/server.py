@@ -29,7 +29,8 @@ MAX_REJECTIONS = 10
 
 OFFER_TEXT = {levels.TOTP: "a TOTP code (keyboard-interactive)",
               levels.SK: "a FIDO2 security key (touch it)",
-              levels.SK_VERIFIED: "a FIDO2 security key with user verification (fingerprint or PIN)"}
+              levels.SK_VERIFIED: "a FIDO2 security key with user verification (fingerprint or PIN)",
+              "browser": "an approval in the web console with your security key (keyboard-interactive)"}
 
 
 class GatewayServer(asyncssh.SSHServer):
@@ -45,6 +46,7 @@ class GatewayServer(asyncssh.SSHServer):
         self.authorization: TargetAuthorization | None = None
         self.ambiguous_accounts: tuple[str, ...] = ()
         self._partial = False
+        self._approval: str | None = None
         self._rejections = 0
         self._banners: set[str] = set()
         self._upstreams: dict[tuple[int, int], asyncssh.SSHClientConnection] = {}
@@ -74,7 +76,12 @@ class GatewayServer(asyncssh.SSHServer):
         return self.flow.wants() == "first" or bool(self.flow.can_offer() & {levels.SK, levels.SK_VERIFIED})
 
     def kbdint_auth_supported(self) -> bool:
-        return self.flow.wants() != "first" and levels.TOTP in self.flow.can_offer()
+        offers = self.flow.can_offer()
+        return self.flow.wants() != "first" and (levels.TOTP in offers or self._browser_possible(offers))
+
+    def _browser_possible(self, offers: set[str]) -> bool:
+        """A console security key can approve this login (needs the console's address to link to)."""
+        return bool(self.services.public_url) and bool(offers & {levels.WEBAUTHN, levels.WEBAUTHN_VERIFIED})
 
     def take_partial_success(self) -> bool:
         partial, self._partial = self._partial, False
@@ -133,13 +140,33 @@ class GatewayServer(asyncssh.SSHServer):
             return self._rejected()
         return await self._after_factor(self.flow.factors[-1])
 
-    def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Any:
-        if levels.TOTP not in self.flow.can_offer():
+    async def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Any:
+        offers = self.flow.can_offer()
+        self._approval = None
+        if levels.TOTP in offers:
+            instruction = f"Level {self.flow.required_level} is needed: enter the code from your authenticator app."
+            return "Bastion verification", instruction, "en-US", [("Verification code: ", False)]
+        if not self._browser_possible(offers) or self.flow.user is None:
             return False
-        instruction = f"Level {self.flow.required_level} is needed: enter the code from your authenticator app."
-        return "Bastion verification", instruction, "en-US", [("Verification code: ", False)]
+        target = self.route.target if self.route and self.route.target else ""
+        token = await self.services.approvals.create(self.flow.user.id, self.connection_id, target,
+                                                     self.flow.required_level)
+        self._approval = token
+        seconds = int(self.services.approvals.lifetime.total_seconds())
+        instruction = (f"Level {self.flow.required_level} is needed. Approve this login with your security key "
+                       f"in the browser:\n\n  {self.services.public_url}/approve/{token}\n\n"
+                       f"The link works once, for this login, for {seconds} seconds.")
+        return "Bastion approval", instruction, "en-US", [("Press Enter once approved: ", True)]
 
     async def validate_kbdint_response(self, username: str, responses: list[str]) -> bool:
+        if self._approval is not None:
+            token, self._approval = self._approval, None
+            method = await self.services.approvals.wait(token, self.connection_id,
+                                                        self.services.approvals.lifetime.total_seconds())
+            if method is None or await self.flow.approved_in_browser(method) is not Verdict.ACCEPTED:
+                await self.flow.refused_after_credentials("browser-approval", "not approved in time")
+                return self._rejected()
+            return await self._after_factor(method)
         if len(responses) != 1 or await self.flow.totp(responses[0]) is not Verdict.ACCEPTED:
             return self._rejected()
         return await self._after_factor(levels.TOTP)
@@ -176,11 +203,13 @@ class GatewayServer(asyncssh.SSHServer):
             return True
         needed = self.flow.required_level
         where = self.route.target if self.route and self.route.target else "this login"
-        offers = self.flow.can_offer()
+        offers = self.flow.can_offer() & set(OFFER_TEXT)  # what an SSH client can give in-band
+        if self._browser_possible(self.flow.can_offer()):
+            offers.add("browser")
         if not offers:
             self._banner(f"bastion: {where} needs authentication level {needed}: {levels.NEEDS[needed]}. "
-                         "None is enrolled for you or usable from this client; ask an administrator"
-                         f"{' or approve in the web console' if needed >= 3 else ''}.\r\n")
+                         "None is enrolled for you or usable from this client; ask an administrator, or "
+                         "register a security key in the web console to approve such logins there.\r\n")
             return await self._refuse(method, f"level {needed} needed, no usable factor")
         self._banner(f"bastion: {where} needs authentication level {needed}; continue with "
                      f"{' or '.join(OFFER_TEXT[o] for o in sorted(offers))}.\r\n")

@@ -8,6 +8,7 @@ from typing import Any, Optional
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -151,6 +152,60 @@ class Session(Base):
     exit_status: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
+    kill_requested_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    kill_reason: Mapped[str] = mapped_column(String(256), default="")
+
+
+class WebSession(Base):
+    """A console login: the cookie holds a random token, the table only its hash."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256(token) hex
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    authenticated: Mapped[bool] = mapped_column(Boolean, default=False)
+    methods: Mapped[list[str]] = mapped_column(JSON, default=list)
+    required_level: Mapped[int] = mapped_column(Integer, default=1)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    device_proof: Mapped[str] = mapped_column(String(16), default="")
+    source_addr: Mapped[str] = mapped_column(String(64), default="")
+    challenge: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)  # pending WebAuthn state
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class ApiToken(Base):
+    """A scoped, expiring token for automation; only its hash is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    label: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Approval(Base):
+    """A one-time browser approval that raises an SSH login's level (WebAuthn with user verification)."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256(token) hex
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    connection_id: Mapped[str] = mapped_column(String(36))
+    target: Mapped[str] = mapped_column(String(64), default="")
+    level: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | approved | used | denied
+    method: Mapped[str] = mapped_column(String(32), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class GroupPolicy(Base):

@@ -18,9 +18,9 @@ BANNERS = ["-o", "LogLevel=INFO"]
 @pytest.fixture
 def client_host(request):
     """A client on the bastion's own segment, and a gateway listening on that segment."""
-    mac = getattr(request, "param", APPROVED_MAC)
+    mac, ipv6 = getattr(request, "param", (APPROVED_MAC, False))
     try:
-        host = ClientHost.create(mac)
+        host = ClientHost.create(mac, ipv6=ipv6)
     except NetnsUnavailable as exc:
         pytest.skip(f"no network namespaces here: {exc}")
     yield host
@@ -51,6 +51,8 @@ def user_with_device(testbed, macs=(), key=False, approve=True, policy="required
     return alice, device
 
 
+@pytest.mark.parametrize("client_host", [(APPROVED_MAC, False), (APPROVED_MAC, True)], indirect=True,
+                         ids=["ipv4", "ipv6"])
 def test_required_policy_allows_the_approved_mac_on_the_segment(testbed, client_host, segment_gateway):
     alice, device = user_with_device(testbed, [APPROVED_MAC])
     result = from_client(client_host, segment_gateway, alice, f"{alice.name}:web01", "echo on-device")
@@ -59,7 +61,8 @@ def test_required_policy_allows_the_approved_mac_on_the_segment(testbed, client_
     assert session["device_id"] == device["id"] and session["device_proof"] == "mac"
 
 
-@pytest.mark.parametrize("client_host", [OTHER_MAC], indirect=True)
+@pytest.mark.parametrize("client_host", [(OTHER_MAC, False), (OTHER_MAC, True)], indirect=True,
+                         ids=["ipv4", "ipv6"])
 def test_required_policy_refuses_an_unknown_mac_and_names_the_missing_binding(testbed, client_host,
                                                                               segment_gateway):
     alice, _ = user_with_device(testbed, [APPROVED_MAC])
@@ -78,7 +81,7 @@ def test_required_policy_refuses_a_pending_or_revoked_device(testbed, client_hos
     assert from_client(client_host, segment_gateway, alice, f"{alice.name}:web01", "true").returncode == 255
 
 
-@pytest.mark.parametrize("client_host", [OTHER_MAC], indirect=True)
+@pytest.mark.parametrize("client_host", [(OTHER_MAC, False)], indirect=True)
 def test_advisory_policy_allows_and_audits_an_unbound_connection(testbed, client_host, segment_gateway):
     alice, _ = user_with_device(testbed, [APPROVED_MAC], policy="advisory")
     result = from_client(client_host, segment_gateway, alice, f"{alice.name}:web01", "echo allowed")

@@ -32,7 +32,8 @@ class GatewayProcess:
     def start(self, timeout: float = 60.0) -> "GatewayProcess":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bastion", "serve", "--listen", f"{self.host}:{self.port}"],
+            [sys.executable, "-m", "bastion", "serve", "--listen",
+             f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout

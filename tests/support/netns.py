@@ -30,13 +30,17 @@ class ClientHost:
     mac: str
 
     @classmethod
-    def create(cls, mac: str) -> "ClientHost":
+    def create(cls, mac: str, ipv6: bool = False) -> "ClientHost":
         if os.geteuid() != 0:
             raise NetnsUnavailable("network namespaces need root")
         index = (os.getpid() % 200) * 8 + next(_ids) % 8
-        subnet = f"10.{200 + index // 250}.{index % 250}"
-        host = cls(f"bastion-c{os.getpid()}-{index}", f"bh{os.getpid() % 100000}x{index}", f"{subnet}.1",
-                   f"{subnet}.2", mac)
+        if ipv6:
+            prefix = f"fd00:b5:{os.getpid() % 65536:x}:{index:x}"
+            host_ip, client_ip, plen = f"{prefix}::1", f"{prefix}::2", 64
+        else:
+            subnet = f"10.{200 + index // 250}.{index % 250}"
+            host_ip, client_ip, plen = f"{subnet}.1", f"{subnet}.2", 30
+        host = cls(f"bastion-c{os.getpid()}-{index}", f"bh{os.getpid() % 100000}x{index}", host_ip, client_ip, mac)
         try:
             subprocess.run(["ip", "netns", "add", host.name], check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError) as exc:
@@ -46,9 +50,11 @@ class ClientHost:
             _ip("link", "add", host.host_if, "type", "veth", "peer", "name", peer)
             _ip("link", "set", peer, "netns", host.name)
             _ip("link", "set", peer, "address", mac, netns=host.name)
-            _ip("addr", "add", f"{host.host_ip}/30", "dev", host.host_if)
+            # nodad: use the IPv6 addresses at once instead of after duplicate-address detection
+            extra = ["nodad"] if ipv6 else []
+            _ip("addr", "add", f"{host.host_ip}/{plen}", "dev", host.host_if, *extra)
             _ip("link", "set", host.host_if, "up")
-            _ip("addr", "add", f"{host.client_ip}/30", "dev", peer, netns=host.name)
+            _ip("addr", "add", f"{host.client_ip}/{plen}", "dev", peer, *extra, netns=host.name)
             _ip("link", "set", peer, "up", netns=host.name)
             _ip("link", "set", "lo", "up", netns=host.name)
         except subprocess.CalledProcessError as exc:

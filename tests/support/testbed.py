@@ -1,4 +1,4 @@
-"""A real testbed per database backend: an OpenSSH sshd target and the gateway as a subprocess."""
+"""Testbed fixtures shared by integration and browser tests: a real sshd target and the gateway per backend."""
 
 from __future__ import annotations
 
@@ -83,13 +83,13 @@ class Testbed:
 
     def user(self, actions: str | None = "shell,exec", account: str = "root", key: bool = False,
              target: str = "web01", until: str | None = None, prefix: str = "u", totp: bool = False,
-             min_level: int | None = None) -> Login:
+             min_level: int | None = None, roles: tuple[str, ...] = ("user",)) -> Login:
         """A fresh user with a password (a key, a TOTP secret if asked), granted `actions` on target/account."""
         name = f"{prefix}{next(_names)}{self.backend[:2]}"
         password = f"correct-horse-{name}-battery"
         key_path = make_key(self.keys_dir, f"id_{name}") if key else None
         keys = [key_path.with_suffix(".pub").read_text()] if key_path else []
-        self.admin().add_user(name, password=password, ssh_keys=keys)
+        self.admin().add_user(name, password=password, ssh_keys=keys, roles=roles)
         secret = None
         if totp:
             uri = self.admin().enroll_totp(name, "Bastion")["uri"]

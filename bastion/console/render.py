@@ -1,0 +1,55 @@
+"""Pages from Jinja2 templates (autoescaped, always) and the application's shared objects."""
+
+from __future__ import annotations
+
+import secrets
+import weakref
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
+
+SERVICES = web.AppKey("bastion_services", object)
+PEERS = web.AppKey("bastion_peers", weakref.WeakKeyDictionary)
+SESSIONS = web.AppKey("bastion_sessions", object)
+TOKENS = web.AppKey("bastion_tokens", object)
+JINJA = web.AppKey("bastion_jinja", jinja2.Environment)
+WEBAUTHN = web.AppKey("bastion_webauthn", object)
+
+
+def environment(templates: Path) -> jinja2.Environment:
+    # Autoescape everything: names, labels, titles and audit details are user-controlled.
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env
+
+
+BASE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+            "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# Relaxations a few pages need, and nothing more:
+#  terminal: xterm.js creates <style> elements (they get a per-response nonce through style-nonce.js)
+#            and sets style attributes on cells; no script is relaxed.
+#  player:   asciinema-player runs its terminal emulator as WebAssembly ('wasm-unsafe-eval' allows
+#            WebAssembly compilation only, not JavaScript eval).
+EXTRA_CSP = {
+    "terminal": lambda nonce: BASE_CSP.replace("style-src 'self'", f"style-src 'self' 'nonce-{nonce}'")
+    + "; style-src-attr 'unsafe-inline'",
+    "player": lambda nonce: BASE_CSP.replace("script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'"),
+}
+
+
+def page(request: web.Request, template: str, status: int = 200, csp: str = "", **context: Any) -> web.Response:
+    from bastion.console.context import CALLER_KEY
+
+    caller = request.get(CALLER_KEY)
+    nonce = secrets.token_urlsafe(16)
+    base = {"caller": caller, "user": caller.user if caller else None,
+            "csrf": caller.session.csrf_token if caller and caller.session else "",
+            "level": caller.level if caller else 0, "path": request.path, "nonce": nonce}
+    body = request.app[JINJA].get_template(template).render(**base, **context)
+    response = web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+    response.headers["Content-Security-Policy"] = EXTRA_CSP[csp](nonce) if csp else BASE_CSP
+    return response
