@@ -48,19 +48,20 @@ class Approvals:
         return token
 
     async def pending(self, token: str, user_id: int) -> PendingApproval | None:
-        """The approval behind a link, if it is still pending and belongs to this user."""
+        """The approval behind a link (its token, or its id from the user's own list), if still pending and
+        this user's. Either only identifies it: approving needs that user's console login and security key."""
         if not token or len(token) > 100:
             return None
         async with self._sessionmaker() as db:
-            row = await db.get(Approval, _hash(token))
+            row = await db.get(Approval, _hash(token)) or await db.get(Approval, token)
         if row is None or row.user_id != user_id or row.status != "pending" or row.expires_at <= self._clock.now():
             return None
         return PendingApproval(row.id, row.user_id, row.connection_id, row.target, row.level, row.expires_at)
 
-    async def approve(self, token: str, user_id: int, method: str) -> bool:
+    async def approve(self, approval_id: str, user_id: int, method: str) -> bool:
         async with self._sessionmaker() as db, db.begin():
             result = await db.execute(update(Approval).where(
-                Approval.id == _hash(token), Approval.user_id == user_id, Approval.status == "pending",
+                Approval.id == approval_id, Approval.user_id == user_id, Approval.status == "pending",
                 Approval.expires_at > self._clock.now()).values(status="approved", method=method))
             return result.rowcount == 1
 
@@ -74,6 +75,13 @@ class Approvals:
             result = await db.execute(update(Approval).where(Approval.id == row.id, Approval.status == "approved")
                                       .values(status="used"))
             return row.method if result.rowcount == 1 else None
+
+    async def pending_for(self, user_id: int) -> list[PendingApproval]:
+        async with self._sessionmaker() as db:
+            rows = (await db.execute(select(Approval).where(Approval.user_id == user_id, Approval.status == "pending",
+                                                            Approval.expires_at > self._clock.now())
+                                     .order_by(Approval.created_at))).scalars().all()
+        return [PendingApproval(r.id, r.user_id, r.connection_id, r.target, r.level, r.expires_at) for r in rows]
 
     async def wait(self, token: str, connection_id: str, timeout: float) -> str | None:
         """Poll until approved (then consume), expired or `timeout`; works across nodes via the database."""

@@ -265,6 +265,7 @@ def cmd_device_add(args: argparse.Namespace) -> int:
     result = asyncio.run(_with_services(args, work))
     p12 = result.pop("p12", None)
     password = result.pop("p12_password", None)
+    result.pop("p12_base64", None)
     if p12 is not None:
         fd = os.open(args.issue_cert, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:

@@ -98,6 +98,10 @@ Users (passwords are also in {data_dir / CREDENTIALS}):
   admin    {creds['admin']}
   auditor  {creds['auditor']}
 
+Web console: https://localhost:{gw_port}/  (self-signed certificate; use the name localhost, not the IP,
+             so security keys work; admin and auditor pages need level 2: enrol TOTP with
+             bastion user totp enroll admin)
+
 Try:
   ssh -p {gw_port} alice:web01@{gw_host}               # shell on web01, recorded
   ssh -p {gw_port} alice@{gw_host}                     # menu of alice's targets

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -86,6 +87,7 @@ class Enrolment(Admin):
         result: dict[str, Any] = dict(after)
         if issued is not None:
             result["p12"], result["p12_password"] = issued.p12, issued.password
+            result["p12_base64"] = base64.b64encode(issued.p12).decode()
         return result
 
     async def set_device_status(self, device_id: int, status: str) -> dict[str, Any]:

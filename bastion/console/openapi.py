@@ -45,7 +45,8 @@ def document(routes: list[Route]) -> dict[str, Any]:
         if route.body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body}}}
         if route.access is not Access.PUBLIC:
-            operation["security"] = [{"session": []}] + ([{"token": [route.scope]}] if route.scope else [])
+            # Token routes document the token; a console session (cookie + CSRF header) works for them too.
+            operation["security"] = [{"token": [route.scope]}] if route.scope else [{"session": []}]
         if route.websocket:
             operation["description"] = "WebSocket endpoint (GET with Upgrade: websocket)."
         paths.setdefault(path, {})[route.method.lower()] = operation

@@ -237,3 +237,70 @@ def test_openapi_document_describes_the_api(testbed):
     assert spec["openapi"].startswith("3.")
     assert "/api/v1/admin/users" in spec["paths"] and "post" in spec["paths"]["/api/v1/admin/users"]
     assert spec["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+
+
+async def test_session_cookie_flags(testbed):
+    alice = testbed.user("shell")
+    async with ConsoleClient(testbed.port) as console:
+        async with console.http.post(f"{console.base}/api/v1/login/password", headers={"Origin": console.origin},
+                                     json={"username": alice.name, "password": alice.password}) as response:
+            cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith("__Host-bastion=")
+    for flag in ("Secure", "HttpOnly", "SameSite=Strict", "Path=/"):
+        assert flag in cookie, cookie
+    assert "Domain" not in cookie and "Max-Age" not in cookie and "expires" not in cookie.lower()
+
+
+async def test_device_certificate_proves_the_browser_under_a_required_policy(testbed, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    alice = testbed.user("shell")
+    testbed.admin().set_user_policy(alice.name, "required")
+    async with ConsoleClient(testbed.port) as console:
+        status, data = await console.post("/api/v1/login/password", {"username": alice.name,
+                                                                     "password": alice.password})
+    assert status == 403 and "bound device" in data["error"]
+    device = testbed.admin().add_device(alice.name, "laptop", issue_cert=True, keys_dir=testbed.data_dir / "keys")
+    key, cert, _ = pkcs12.load_key_and_certificates(device["p12"], device["p12_password"].encode())
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    client_cert = (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    async with ConsoleClient(testbed.port, client_cert=client_cert) as console:   # pending: not yet
+        status, _ = await console.post("/api/v1/login/password", {"username": alice.name, "password": alice.password})
+    assert status == 403
+    testbed.admin().set_device_status(device["id"], "approved")
+    async with ConsoleClient(testbed.port, client_cert=client_cert) as console:
+        status, data = await console.post("/api/v1/login/password", {"username": alice.name,
+                                                                     "password": alice.password})
+        assert status == 200, data
+        me = json.loads((await console.get("/api/v1/me"))[1])
+    assert me["device_id"] == device["id"]
+
+
+async def test_pending_ssh_approvals_are_listed_for_their_owner_only(testbed):
+    level3 = testbed.target("list-approval", min_level=3)
+    alice = testbed.user("exec", target=level3)
+    bob = testbed.user("exec")
+    services = testbed.directory.services
+    user_id = next(u for u in testbed.directory.run(_users(services)) if u[1] == alice.name)[0]
+    token = testbed.directory.run(services.approvals.create(user_id, "0" * 36, level3, 3))
+    async with ConsoleClient(testbed.port) as console:
+        await console.login(alice.name, alice.password)
+        status, text, _ = await console.get("/")
+        assert status == 200 and level3 in text and "/approve/" in text
+        assert (await console.get(f"/approve/{token}"))[0] == 200
+    async with ConsoleClient(testbed.port) as console:
+        await console.login(bob.name, bob.password)
+        assert level3 not in (await console.get("/"))[1]
+        assert (await console.get(f"/approve/{token}"))[0] == 404
+
+
+async def _users(services):
+    from sqlalchemy import select
+
+    from bastion.store.models import User
+
+    async with services.db() as db:
+        return [(u.id, u.name) for u in (await db.execute(select(User))).scalars()]

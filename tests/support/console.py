@@ -12,12 +12,14 @@ import pyotp
 class ConsoleClient:
     """Talks to https://localhost:PORT like the console's own scripts do."""
 
-    def __init__(self, port: int, host: str = "localhost"):
+    def __init__(self, port: int, host: str = "localhost", client_cert: tuple[str, str] | None = None):
         self.base = f"https://{host}:{port}"
         self.origin = self.base
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+        if client_cert is not None:
+            context.load_cert_chain(*client_cert)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context),
                                           cookie_jar=aiohttp.CookieJar(unsafe=True))
         self.csrf = ""

@@ -37,16 +37,22 @@ async def _run(coro) -> web.Response:
 
 
 def _opt(body: dict, key: str, kind: type, default: Any = None) -> Any:
-    value = body.get(key, default)
-    if value is not None and not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    """A field of the expected type; absent or null gives the default."""
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise web.HTTPBadRequest(text=f"{key} has the wrong type")
     return value
 
 
 async def page(request: web.Request) -> web.Response:
     admin = _admin(request)
+    config = request.app[render.SERVICES].config
+    settings = {name: config[name] for name in sorted(config.values)
+                if name.split(".")[0] in ("auth", "console", "recording", "policy", "ssh")}
     return render.page(request, "admin.html", users=await admin.list_users(), targets=await admin.list_targets(),
-                       grants=await admin.list_grants(), devices=await admin.list_devices())
+                       grants=await admin.list_grants(), devices=await admin.list_devices(), settings=settings)
 
 
 async def users(request: web.Request) -> web.Response:
@@ -133,6 +139,30 @@ async def devices(request: web.Request) -> web.Response:
     return await _run(_admin(request).list_devices())
 
 
+async def device_add(request: web.Request) -> web.Response:
+    body = await _body(request)
+    macs = _opt(body, "macs", list, [])
+    if not all(isinstance(m, str) for m in macs):
+        raise web.HTTPBadRequest(text="macs must be strings")
+    config = request.app[render.SERVICES].config
+
+    async def enrol() -> dict[str, Any]:
+        result = await _admin(request).add_device(
+            _opt(body, "user", str, ""), _opt(body, "name", str, ""), macs, ssh_key=_opt(body, "ssh_key", str),
+            keys_dir=config.keys_dir, issue_cert=bool(_opt(body, "issue_cert", bool, False)))
+        result.pop("p12", None)  # the base64 copy travels in JSON, shown once
+        return result
+
+    return await _run(enrol())
+
+
+async def policy(request: web.Request) -> web.Response:
+    """The global policy in force (set in bastion.toml / BASTION_* variables; shown, not edited here)."""
+    config = request.app[render.SERVICES].config
+    names = [name for name in config.values if name.split(".")[0] in ("auth", "console", "recording", "policy", "ssh")]
+    return web.json_response({name: config[name] for name in sorted(names)})
+
+
 async def device_action(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in ("approve", "revoke"):
@@ -181,6 +211,14 @@ ROUTES = [
           "Revoke a grant", scope="admin:write", body=EMPTY),
     Route("GET", "/api/v1/admin/devices", devices, Access.ADMIN, "List devices", scope="admin:read",
           response={"type": "array"}),
+    Route("POST", "/api/v1/admin/devices", device_add, Access.ADMIN,
+          "Enrol a device (pending); with issue_cert the answer holds a PKCS#12 client certificate, once",
+          scope="admin:write",
+          body={"type": "object", "required": ["user", "name"], "additionalProperties": False,
+                "properties": {"user": NAME, "name": NAME, "macs": {"type": "array", "items": {"type": "string"}},
+                               "ssh_key": {"type": "string", "maxLength": 16384}, "issue_cert": {"type": "boolean"}}}),
+    Route("GET", "/api/v1/admin/policy", policy, Access.ADMIN, "The global policy in force", scope="admin:read",
+          response={"type": "object"}),
     Route("POST", "/api/v1/admin/devices/{device_id:[0-9]{1,9}}/{action:[a-z]{1,16}}", device_action, Access.ADMIN,
           "Approve or revoke a device (action: approve|revoke)", scope="admin:write", body=EMPTY),
 ]

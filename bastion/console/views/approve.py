@@ -66,7 +66,7 @@ async def complete(request: web.Request) -> web.Response:
     if assertion.counter != 0 and not await services.authenticator.claim_counter(credential_id, assertion.counter):
         return web.json_response({"error": "security key counter did not increase"}, status=401)
     factor = levels.WEBAUTHN_VERIFIED if assertion.user_verified else levels.WEBAUTHN
-    if not await services.approvals.approve(request.match_info["token"], who.user.id, factor):
+    if not await services.approvals.approve(approval.id, who.user.id, factor):
         return web.json_response({"error": "the approval expired"}, status=410)
     await services.audit.emit(StepUp(actor=who.user.name, source=who.source_addr, target=approval.target or "ssh",
                                      method=f"browser-approval/{factor}", level=approval.level))

@@ -32,7 +32,8 @@ async def _my_targets(request: web.Request) -> list[dict[str, Any]]:
 
 
 async def home(request: web.Request) -> web.Response:
-    return render.page(request, "home.html", targets=await _my_targets(request))
+    approvals = await request.app[render.SERVICES].approvals.pending_for(caller(request).user.id)
+    return render.page(request, "home.html", targets=await _my_targets(request), approvals=approvals)
 
 
 async def me(request: web.Request) -> web.Response:

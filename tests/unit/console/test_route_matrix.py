@@ -59,6 +59,8 @@ EXPECTED = {
     "POST /api/v1/admin/grants": "admin",
     "POST /api/v1/admin/grants/{grant_id}/revoke": "admin",
     "GET /api/v1/admin/devices": "admin",
+    "POST /api/v1/admin/devices": "admin",
+    "GET /api/v1/admin/policy": "admin",
     "POST /api/v1/admin/devices/{device_id}/{action}": "admin",
 }
 CALLERS = ["anonymous", "login", "user", "other", "auditor", "admin"]
