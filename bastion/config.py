@@ -42,6 +42,19 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _non_negative_int(value: Any) -> int:
+    if value in (0, "0"):
+        return 0
+    return _positive_int(value)
+
+
+def _optional_host_port(value: Any) -> str:
+    text = _optional_str(value)
+    if text:
+        parse_host_port(text)
+    return text
+
+
 def _level(value: Any) -> int:
     number = _positive_int(value)
     if number not in (1, 2, 3):
@@ -173,6 +186,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("recording.queue_events", 4096, "events buffered per session before the session waits", _positive_int),
     Setting("recording.echo_window", 1.0,
             "seconds to wait for a target to echo input before recording it as hidden", _positive_float),
+    Setting("recording.retention_days", 0,
+            "days recordings are kept before they are crypto-shredded (0 keeps them; targets may override)",
+            _non_negative_int),
+    Setting("audit.anchor_file", "", "file the audit chain head is appended to (default <data dir>/audit-anchors.log)",
+            _optional_str),
+    Setting("audit.anchor_interval", 60.0, "seconds between anchors of the audit chain head", _positive_float),
+    Setting("audit.syslog", "", "HOST:PORT of an RFC 5424 syslog receiver (TCP) for audit events; empty: off",
+            _optional_host_port),
+    Setting("audit.syslog_tls", False, "send audit events to syslog over TLS", _bool),
     Setting("console.rp_id", "localhost",
             "host name browsers use for the console (WebAuthn relying party id; not an IP address)", _nonempty_str),
     Setting("console.login_level", 1, "level every console login needs (1, 2 or 3)", _level),

@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     DateTime,
     ForeignKey,
     Integer,
@@ -90,6 +91,7 @@ class Target(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     min_level: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     device_policy: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
+    retention_days: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)  # recordings; None = default
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
     accounts: Mapped[list["TargetAccount"]] = relationship(back_populates="target", cascade="all, delete-orphan")
@@ -154,6 +156,33 @@ class Session(Base):
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
     kill_requested_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
     kill_reason: Mapped[str] = mapped_column(String(256), default="")
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    index_key: Mapped[Optional[bytes]] = mapped_column(LargeBinary, nullable=True)  # vault-wrapped search key
+    indexed_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+
+
+class SearchEntry(Base):
+    """One searchable line of a session (a command typed, or output text), encrypted with the session's index key."""
+
+    __tablename__ = "search_entries"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # command | output
+    offset: Mapped[float] = mapped_column(Float)   # seconds from the start of the recording
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditAnchor(Base):
+    """A copy of the audit chain head written outside the database (file, syslog, webhook) at a time."""
+
+    __tablename__ = "audit_anchors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(256))
+    anchored_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class WebSession(Base):
@@ -250,6 +279,7 @@ class Recording(Base):
     last_hash: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     closed_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    shredded_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
 
 
 class AuditEvent(Base):

@@ -304,3 +304,36 @@ async def _users(services):
 
     async with services.db() as db:
         return [(u.id, u.name) for u in (await db.execute(select(User))).scalars()]
+
+
+async def test_free_text_fields_are_escaped_key_labels_and_termination_reasons(testbed):
+    from sqlalchemy import select
+
+    from bastion.store.models import Credential, User
+
+    alice = testbed.user("shell")
+    services = testbed.directory.services
+
+    async def label_a_key():
+        async with services.db() as db, db.begin():
+            user = (await db.execute(select(User).where(User.name == alice.name))).scalar_one()
+            db.add(Credential(user_id=user.id, kind="webauthn", public="AA", fingerprint="00", label=XSS[:64],
+                              created_at=services.clock.now()))
+    testbed.directory.run(label_a_key())
+    client = paramiko_client(testbed.port, alice, f"{alice.name}:web01")
+    chan = client.invoke_shell()
+    session = wait_for_sessions(testbed, alice.name, ended=False)[0]
+    name, password, secret = staff(testbed, "auditor")
+    async with ConsoleClient(testbed.port) as console:
+        await console.login(name, password, secret, level=2)
+        status, _ = await console.post(f"/api/v1/audit/sessions/{session['id']}/terminate", {"reason": XSS})
+        assert status == 200
+        chan.recv_exit_status()
+        client.close()
+        wait_for_sessions(testbed, alice.name)
+        status, text, _ = await console.get(f"/audit/sessions?user={alice.name}")
+        assert status == 200 and "<img src=x" not in text and "&lt;img src=x" in text
+    async with ConsoleClient(testbed.port) as console:
+        await console.login(alice.name, alice.password)
+        status, text, _ = await console.get("/me/security")
+        assert status == 200 and "<img src=x" not in text and "&lt;img src=x" in text
