@@ -399,8 +399,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     if not args.speed > 0:
         raise UsageError("--speed must be positive")
+    if args.start < 0:
+        raise UsageError("--from must not be negative")
     asyncio.run(_with_services(args, lambda s: replay_session(s, args.session_id, speed=args.speed,
-                                                             out=sys.stdout.buffer, actor=_actor())))
+                                                             out=sys.stdout.buffer, actor=_actor(),
+                                                             start=args.start)))
     return EXIT_OK
 
 
@@ -456,7 +459,13 @@ def cmd_audit_list(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from bastion.audit.log import verify_chain
 
-    ok, message = asyncio.run(_with_services(args, lambda s: verify_chain(s.db)))
+    from bastion.audit.events import AuditRead
+
+    async def work(services: Any) -> tuple[bool, str]:
+        await services.audit.emit(AuditRead(actor=_actor(), source="local", purpose="verify"))
+        return await verify_chain(services.db)
+
+    ok, message = asyncio.run(_with_services(args, work))
     _print({"ok": ok, "detail": message}, args.json)
     return EXIT_OK if ok else EXIT_ERROR
 
@@ -633,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "replay", cmd_replay, "play a recorded session in this terminal")
     p.add_argument("session_id")
     p.add_argument("--speed", type=_float, default=1.0)
+    p.add_argument("--from", dest="start", type=_float, default=0.0, metavar="SECONDS",
+                   help="start at this time (from the nearest keyframe before it)")
 
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="sub", required=True,
                                                                      parser_class=_Parser)

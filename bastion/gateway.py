@@ -33,6 +33,16 @@ class Gateway:
         sealed = await self.services.recordings.seal_abandoned()
         if sealed:
             log.warning("sealed %d recording(s) left open by an earlier crash as truncated", sealed)
+        # Seek points for replay once a session has ended, one at a time (terminal emulation is CPU work).
+        keyframe_slots = asyncio.Semaphore(1)
+
+        async def keyframes_after(session_id: str) -> None:
+            from bastion.recordings import build_keyframes
+
+            async with keyframe_slots:
+                await build_keyframes(self.services, session_id)
+
+        self.services.sessions.after_end.append(keyframes_after)
         await self.console.start()
         address = await self.listener.start()
         config = self.services.config

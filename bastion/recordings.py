@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import select
 
-from bastion.audit.events import RecordingRead
+from bastion.audit.events import AuditRead, RecordingRead
 from bastion.errors import NotFound
 from bastion.keys import load_node_key
+from bastion.recorder import keyframes
 from bastion.recorder.export import export_cast
 from bastion.recorder.reader import iter_lines, verify
 from bastion.recorder.replay import replay
@@ -59,17 +61,40 @@ async def verify_sessions(services: Any, session_id: str | None, actor: str) -> 
     return out
 
 
-async def replay_session(services: Any, session_id: str, speed: float, out: BinaryIO, actor: str) -> None:
+async def replay_session(services: Any, session_id: str, speed: float, out: BinaryIO, actor: str,
+                         start: float = 0.0) -> None:
     row = await _recording(services, session_id)
     await _audit_read(services, actor, row.session_id, "replay")
-    lines = iter_lines(Path(row.path), services.vault, _public_key(services))
+    lines = keyframes.lines_from(Path(row.path), services.vault, _public_key(services), start)
     await asyncio.to_thread(replay, lines, out, speed=speed)
 
 
-async def list_audit(services: Any, type_prefix: str | None, limit: int, actor: str) -> list[dict[str, Any]]:
+KEYFRAME_JOB_TIMEOUT = 3600.0
+
+
+async def build_keyframes(services: Any, session_id: str) -> int:
+    """Seek points for a finished session's replay, built by a separate low-priority process."""
+    row = await _recording(services, session_id)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bastion.recorder.keyframes_job", str(services.config.keys_dir), row.path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), KEYFRAME_JOB_TIMEOUT)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        process.kill()
+        await process.wait()
+        raise
+    return int(out.strip() or b"0") if process.returncode == 0 else 0
+
+
+async def list_audit(services: Any, type_prefix: str | None, limit: int, actor: str, source: str = "local",
+                     purpose: str = "list") -> list[dict[str, Any]]:
+    """The newest audit events (optionally of one type prefix); the read itself is audited first."""
     query = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(max(1, min(limit, 100000)))
     if type_prefix:
         query = query.where(AuditEvent.type.startswith(type_prefix[:64], autoescape=True))
+    await services.audit.emit(AuditRead(actor=actor[:128], source=source, purpose=purpose,
+                                        query=(type_prefix or "")[:64], rows=limit))
     async with services.db() as db:
         rows = (await db.execute(query)).scalars().all()
     return [{"seq": r.seq, "ts": r.ts.isoformat(), "type": r.type, "actor": r.actor, "source": r.source,

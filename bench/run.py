@@ -51,6 +51,7 @@ class Mode:
 
 
 MODES = {"quick": Mode(256 << 20, 3, 500, 8), "full": Mode(1 << 30, 5, 2000, 20)}
+REPLAY_MEGABYTES = {"quick": 10, "full": 100}
 
 
 def ssh_args(peer: Peer, key: Path, *command: str) -> list[str]:
@@ -154,6 +155,10 @@ def main() -> int:
         gateway.stop()
         sshd.stop()
         shutil.rmtree(work, ignore_errors=True)
+    from bench import replay_seek
+
+    print(f"[replay] one hour, {REPLAY_MEGABYTES[mode_name]} MiB of output", flush=True)
+    replay = asyncio.run(replay_seek.measure(REPLAY_MEGABYTES[mode_name]))
     direct, bastion = results["direct"], results["bastion"]
     rows = [
         ("bulk throughput, MiB/s (higher is better)", direct["bulk"], bastion["bulk"],
@@ -178,7 +183,11 @@ def main() -> int:
         "Both peers hit the same real OpenSSH sshd on loopback; the client is OpenSSH `ssh` with "
         "aes128-gcm (bulk, set-up) and asyncssh (echo: one byte at a time through `stty raw -echo; cat` "
         "in a PTY). Bastion records every session (encrypted asciicast container).", "",
-        *table, ""])
+        *table, "",
+        f"Replay of a one-hour session with {REPLAY_MEGABYTES[mode_name]} MiB of output (`python -m bench.replay_seek "
+        f"--megabytes {REPLAY_MEGABYTES[mode_name]}`): keyframes are built once after the session, in a process of "
+        "their own; start and jump are what the server does before a player can draw.", "",
+        *replay_seek.report_lines(replay), ""])
     Path(args.out).write_text(report)
     print(report)
     return 0

@@ -179,6 +179,16 @@ class RecordingRead(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuditRead(Event):
+    """Somebody read the audit log (listing, search, export or verification)."""
+
+    type: ClassVar[str] = "audit.read"
+    purpose: str
+    query: str = ""
+    rows: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class AdminChange(Event):
     """An administrative change; `action` names it (e.g. "user.add") and becomes the event type."""
 
@@ -197,3 +207,36 @@ class ConnectionRefused(Event):
     type: ClassVar[str] = "connection.refused"
     outcome: str = "refused"
     reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordingShredded(Event):
+    """A recording past its retention was crypto-shredded: its wrapped data key destroyed, its file removed."""
+
+    type: ClassVar[str] = "recording.shredded"
+    recording_id: str
+    ended_at: str
+    retention_days: int
+    file: str  # destroyed | missing
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupCreated(Event):
+    type: ClassVar[str] = "backup.created"
+    file: str
+    size: int
+    sha256: str
+    rows: int
+    files: int
+    missing: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupRestored(Event):
+    """The first event of a data directory restored from a backup (written in the restored chain)."""
+
+    type: ClassVar[str] = "backup.restored"
+    backup_created: str
+    backup_node: str
+    rows: int
+    files: int

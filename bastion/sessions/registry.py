@@ -82,6 +82,8 @@ class SessionRegistry:
     _recheck_task: asyncio.Task | None = None
     _kill_task: asyncio.Task | None = None
     _tasks: set = field(default_factory=set)
+    # Work to do once a session has ended (keyframes, search index); each gets the session id.
+    after_end: list = field(default_factory=list)
 
     def live(self) -> list[LiveSession]:
         return list(self._live.values())
@@ -170,6 +172,16 @@ class SessionRegistry:
                                          session_id=live.id, reason=reason, bytes_up=live.bytes_up,
                                          bytes_down=live.bytes_down, exit_status=live.exit_status,
                                          duration=round(self.clock.monotonic() - live.started, 3)))
+        for hook in self.after_end:
+            self._spawn(self._after(hook, live.id))
+
+    async def _after(self, hook, session_id: str) -> None:
+        try:
+            await hook(session_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("post-session work for %s failed", session_id)
 
     async def _close_row(self, session_id: str, reason: str, exit_status: int | None, up: int, down: int) -> None:
         async with self.sessionmaker() as db, db.begin():

@@ -18,6 +18,7 @@ from bastion.console.context import caller
 from bastion.console.routes import Access, Route
 from bastion.console.views.login import _body
 from bastion.keys import load_node_key
+from bastion.recorder import keyframes
 from bastion.recorder.reader import iter_lines, verify
 from bastion.recordings import list_audit
 from bastion.store.models import Recording, Session
@@ -97,7 +98,11 @@ async def cast(request: web.Request) -> web.Response:
     await services.audit.emit(RecordingRead(actor=who.user.name, source=who.source_addr, session_id=row.id,
                                             target=row.target_name, purpose="replay"))
     public = load_node_key(services.config.keys_dir).public_key()
-    lines, report = await asyncio.to_thread(_load_cast, Path(recording.path), services.vault, public)
+    try:
+        start = max(0.0, float(request.query.get("from", "0")))
+    except ValueError:
+        raise web.HTTPBadRequest(text="from must be a number of seconds") from None
+    lines, report = await asyncio.to_thread(_load_cast, Path(recording.path), services.vault, public, start)
     header = json.loads(lines[0]) if lines else {"version": 2, "width": 80, "height": 24}
     if not report.ok and report.status != "sealed":
         header["bastion_verification"] = f"{report.status}: {report.reason}"
@@ -105,9 +110,12 @@ async def cast(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="application/x-asciicast")
 
 
-def _load_cast(path: Path, vault: Any, public: Any) -> tuple[list[str], Any]:
-    # A live or crashed recording is unsealed: its verified prefix is shown, and marked.
-    report = verify(path, public, vault=vault)
+def _load_cast(path: Path, vault: Any, public: Any, start: float = 0.0) -> tuple[list[str], Any]:
+    # A live or crashed recording is unsealed: its verified prefix is shown, and marked. A start time
+    # uses the nearest keyframe, so a long session opens at its end without replaying all of it.
+    report = verify(path, public)
+    if start > 0:
+        return list(keyframes.lines_from(path, vault, public, start)), report
     return list(iter_lines(path, vault, public, force=True)), report
 
 
@@ -199,7 +207,8 @@ async def _events(request: web.Request) -> list[dict[str, Any]]:
     services = request.app[render.SERVICES]
     kind = request.query.get("type", "")[:64] or None
     actor = request.query.get("actor", "")[:128]
-    rows = await list_audit(services, kind, 2000, actor=caller(request).user.name)
+    who = caller(request)
+    rows = await list_audit(services, kind, 2000, actor=who.user.name, source=who.source_addr, purpose="search")
     if actor:
         rows = [r for r in rows if r["actor"] == actor]
     text = request.query.get("q", "")[:128].lower()
@@ -215,11 +224,7 @@ async def events_api(request: web.Request) -> web.Response:
 async def export(request: web.Request) -> web.StreamResponse:
     services = request.app[render.SERVICES]
     who = caller(request)
-    rows = await list_audit(services, None, 100000, actor=who.user.name)
-    from bastion.audit.events import AdminChange
-
-    await services.audit.emit(AdminChange(actor=who.user.name, source=who.source_addr, target="audit-log",
-                                          action="audit.export", object="audit-log", after={"rows": len(rows)}))
+    rows = await list_audit(services, None, 100000, actor=who.user.name, source=who.source_addr, purpose="export")
     body = "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in reversed(rows))
     return web.Response(text=body, content_type="application/x-ndjson",
                         headers={"Content-Disposition": 'attachment; filename="audit.jsonl"'})
@@ -234,7 +239,8 @@ ROUTES = [
     Route("GET", "/api/v1/audit/sessions", sessions_api, Access.AUDITOR, "List sessions", scope="audit:read",
           params=SESSIONS_PARAMS, response={"type": "array"}),
     Route("GET", f"/api/v1/audit/sessions/{SESSION_ID}/cast", cast, Access.AUDITOR,
-          "The session's recording as verified asciicast v2", scope="audit:read"),
+          "The session's recording as verified asciicast v2 (from=SECONDS starts at the nearest keyframe)",
+          scope="audit:read", params={"from": {"type": "number", "minimum": 0}}),
     Route("POST", f"/api/v1/audit/sessions/{SESSION_ID}/terminate", terminate, Access.AUDITOR,
           "Terminate a live session", scope="audit:write",
           body={"type": "object", "additionalProperties": False,

@@ -1,0 +1,244 @@
+"""Seek points for long recordings: terminal snapshots every so often, and where the events after them are.
+
+Built once a session has ended (terminal emulation is too slow for the live path), stored next to
+the recording as ``<session>.bkf``: ``b"BASTKEYF\\x01" | 12-byte nonce | AES-256-GCM(zlib(JSON))``
+under the recording's own data key (so crypto-shredding the recording shreds its keyframes too),
+with ``b"keyframes:" + session_id`` as associated data.
+
+A replay that starts at time T takes the last keyframe at or before T, shows its snapshot, and
+decrypts only the chunks from there on: the start and a jump to the end cost one snapshot and a
+few chunks, not the whole session. Snapshots keep text, colours and bold/underline/reverse; other
+attributes and the scrollback are not kept (the events after the snapshot are exact).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyte
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from bastion.errors import RecordingError
+from bastion.recorder import container
+from bastion.recorder.reader import _chunk_lines, _data_key, _decrypt, _open_file, verify
+from bastion.vault import Vault
+
+SUFFIX = ".bkf"
+MAGIC = b"BASTKEYF\x01"
+INTERVAL = 30.0
+MAX_SIDE = 1000
+_FG = {"black": 30, "red": 31, "green": 32, "brown": 33, "yellow": 33, "blue": 34, "magenta": 35, "cyan": 36,
+       "white": 37}
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    time: float     # the snapshot shows the screen just before the first event at or after this time
+    chunk: int      # that event's chunk ...
+    offset: int     # ... whose record starts at this byte of the file
+    line: int       # ... and its line index inside the chunk
+    width: int
+    height: int
+    screen: str     # ANSI text that redraws the screen and puts the cursor back
+
+
+def sidecar(path: Path) -> Path:
+    return Path(path).with_suffix(SUFFIX)
+
+
+def _colour(value: str, base: int) -> str:
+    if value == "default":
+        return ""
+    if value in _FG:
+        return str(_FG[value] + (base - 30))
+    if len(value) == 6:
+        try:
+            r, g, b = (int(value[i:i + 2], 16) for i in (0, 2, 4))
+        except ValueError:
+            return ""
+        return f"{base + 8};2;{r};{g};{b}"
+    return ""
+
+
+def render(screen: pyte.Screen) -> str:
+    """The screen as escape sequences that draw it on a cleared terminal."""
+    out = ["\x1b[0m\x1b[2J"]
+    for y in range(screen.lines):
+        row = screen.buffer[y]
+        last = max((x for x in row if row[x].data not in (" ", "") or row[x].bg != "default"), default=-1)
+        if last < 0:
+            continue
+        out.append(f"\x1b[{y + 1};1H")
+        style = None
+        for x in range(last + 1):
+            char = row[x]
+            codes = [c for c in (_colour(char.fg, 30), _colour(char.bg, 40)) if c]
+            codes += ["1"] if char.bold else []
+            codes += ["4"] if char.underscore else []
+            codes += ["7"] if char.reverse else []
+            wanted = ";".join(codes)
+            if wanted != style:
+                out.append("\x1b[0m" + (f"\x1b[{wanted}m" if wanted else ""))
+                style = wanted
+            out.append(char.data or " ")
+        out.append("\x1b[0m")
+        style = None
+    out.append(f"\x1b[{screen.cursor.y + 1};{screen.cursor.x + 1}H")
+    return "".join(out)
+
+
+def _size(data: object, width: int, height: int) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in str(data).split("x", 1))
+    except ValueError:
+        return width, height
+    return (w, h) if 1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE else (width, height)
+
+
+def _chunks(path: Path, vault: Vault) -> Iterator[tuple[int, int, list[str], container.Preamble]]:
+    """(seq, file offset, lines) of every chunk that decrypts, in order; stops at the first that does not."""
+    with _open_file(path) as stream:
+        preamble = container.read_preamble(stream)
+        aead = _data_key(preamble, vault)
+        size = os.fstat(stream.fileno()).st_size
+        try:
+            for record in container.read_records(stream, len(preamble.raw), size):
+                if record.type != container.CHUNK:
+                    return
+                chunk = container.parse_chunk(record.payload)
+                compressed = _decrypt(aead, preamble.session_id, chunk)
+                lines = None if compressed is None else _chunk_lines(compressed)
+                if lines is None:
+                    return
+                yield chunk.seq, record.offset, lines, preamble
+        except container.ContainerError:
+            return
+
+
+def build(path: Path, vault: Vault, interval: float = INTERVAL) -> list[Keyframe]:
+    """Emulate the session's terminal once and snapshot it every `interval` seconds of session time."""
+    keyframes: list[Keyframe] = []
+    screen: pyte.Screen | None = None
+    stream: pyte.Stream | None = None
+    width, height, next_at = 80, 24, interval
+    for seq, offset, lines, _ in _chunks(path, vault):
+        for index, line in enumerate(lines):
+            if seq == 0 and index == 0:
+                try:
+                    header = json.loads(line)
+                    width, height = _size(f"{header.get('width')}x{header.get('height')}", width, height)
+                except (ValueError, AttributeError):
+                    pass
+                screen = pyte.Screen(width, height)
+                stream = pyte.Stream(screen)
+                continue
+            try:
+                time, code, data = json.loads(line)
+                time = float(time)
+            except (ValueError, TypeError):
+                continue
+            if screen is None or stream is None:
+                continue
+            if time >= next_at:
+                keyframes.append(Keyframe(time, seq, offset, index, screen.columns, screen.lines, render(screen)))
+                while next_at <= time:
+                    next_at += interval
+            if code == "o" and isinstance(data, str):
+                stream.feed(data)
+            elif code == "r":
+                width, height = _size(data, screen.columns, screen.lines)
+                screen.resize(height, width)
+    return keyframes
+
+
+def save(path: Path, vault: Vault, keyframes: list[Keyframe]) -> Path:
+    with _open_file(path) as stream:
+        preamble = container.read_preamble(stream)
+    aead = _data_key(preamble, vault)
+    nonce = os.urandom(12)
+    body = zlib.compress(json.dumps([asdict(k) for k in keyframes]).encode(), 6)
+    blob = MAGIC + nonce + aead.encrypt(nonce, body, b"keyframes:" + preamble.session_id.encode())
+    target = sidecar(path)
+    temporary = target.with_suffix(".bkf.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(blob)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+    return target
+
+
+def load(path: Path, vault: Vault) -> list[Keyframe]:
+    """The keyframes of a recording; [] when there are none (yet), or they do not open."""
+    target = sidecar(path)
+    try:
+        blob = target.read_bytes()
+        with _open_file(path) as stream:
+            preamble = container.read_preamble(stream)
+    except (OSError, RecordingError, container.ContainerError):
+        return []
+    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 28:
+        return []
+    nonce, sealed = blob[len(MAGIC):len(MAGIC) + 12], blob[len(MAGIC) + 12:]
+    try:
+        body = _data_key(preamble, vault).decrypt(nonce, sealed, b"keyframes:" + preamble.session_id.encode())
+        return [Keyframe(**item) for item in json.loads(zlib.decompress(body))]
+    except (InvalidTag, ValueError, TypeError, zlib.error):
+        return []
+
+
+def lines_from(path: Path, vault: Vault, public_key: Ed25519PublicKey, start: float) -> Iterator[str]:
+    """Asciicast lines that replay the session from `start` seconds: the nearest earlier snapshot first,
+    then the events after it, with times counted from the snapshot. The header carries
+    `bastion_offset` (the snapshot's time in the session) so players can show real times."""
+    report = verify(path, public_key)  # hash chain and signature, without decrypting anything
+    usable = report.chunks
+    keyframe = None
+    for candidate in load(path, vault):
+        if candidate.time <= start and candidate.chunk < usable:
+            keyframe = candidate
+    with _open_file(path) as stream:
+        preamble = container.read_preamble(stream)
+        aead = _data_key(preamble, vault)
+        size = os.fstat(stream.fileno()).st_size
+        first = next(container.read_records(stream, len(preamble.raw), size))
+        header = json.loads(_chunk_lines(_decrypt(aead, preamble.session_id, container.parse_chunk(first.payload)))[0])
+        if keyframe is None:
+            header["bastion_offset"] = 0.0
+            yield json.dumps(header, ensure_ascii=False)
+            for seq, _, lines, _ in _chunks(path, vault):
+                if seq >= usable:
+                    return
+                yield from (lines[1:] if seq == 0 else lines)
+            return
+        header.update({"width": keyframe.width, "height": keyframe.height, "bastion_offset": keyframe.time})
+        yield json.dumps(header, ensure_ascii=False)
+        yield json.dumps([0.0, "o", keyframe.screen], ensure_ascii=False)
+        stream.seek(keyframe.offset)
+        for record in container.read_records(stream, keyframe.offset, size):
+            if record.type != container.CHUNK:
+                return
+            chunk = container.parse_chunk(record.payload)
+            if chunk.seq >= usable:
+                return
+            compressed = _decrypt(aead, preamble.session_id, chunk)
+            lines = None if compressed is None else _chunk_lines(compressed)
+            if lines is None:
+                return
+            for index, line in enumerate(lines):
+                if chunk.seq == keyframe.chunk and index < keyframe.line:
+                    continue
+                try:
+                    time, code, data = json.loads(line)
+                    yield json.dumps([round(max(0.0, float(time) - keyframe.time), 6), code, data],
+                                     ensure_ascii=False)
+                except (ValueError, TypeError):
+                    continue

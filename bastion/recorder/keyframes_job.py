@@ -1,0 +1,35 @@
+"""Builds a recording's keyframes in a process of its own (`python -m bastion.recorder.keyframes_job`).
+
+Terminal emulation of a long session is seconds of pure-Python CPU; in its own, lower-priority
+process it never holds the gateway's interpreter lock while live sessions are being served.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from bastion.recorder import keyframes
+from bastion.vault import Vault
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m bastion.recorder.keyframes_job KEYS_DIR RECORDING", file=sys.stderr)
+        return 2
+    keys_dir, path = Path(argv[0]), Path(argv[1])
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    vault = Vault.load(keys_dir)
+    frames = keyframes.build(path, vault)
+    if frames:
+        keyframes.save(path, vault, frames)
+    print(len(frames))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
