@@ -237,6 +237,97 @@ class Approval(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class Blob(Base):
+    """Encrypted, content-addressed file content (sha256 of the plaintext names it)."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)   # the blob's data key, wrapped by the vault
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Dataset(Base):
+    """A file or folder that admins publish; unpublished, it does not exist for users."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    classification: Mapped[str] = mapped_column(String(16), default="internal")  # public|internal|confidential|secret
+    owner_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
+    publish_from: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    publish_until: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    current_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class DatasetFile(Base):
+    """One file of one version of a dataset (a single-file dataset has one, path = its file name)."""
+
+    __tablename__ = "dataset_files"
+    __table_args__ = (UniqueConstraint("dataset_id", "version", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    media_type: Mapped[str] = mapped_column(String(128), default="application/octet-stream")
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class DatasetGrant(Base):
+    __tablename__ = "dataset_grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    subject_kind: Mapped[str] = mapped_column(String(8))  # user | group
+    subject: Mapped[str] = mapped_column(String(64), index=True)
+    mode: Mapped[str] = mapped_column(String(32))  # view | download | download-with-approval
+    valid_until: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    max_downloads: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    downloads: Mapped[int] = mapped_column(Integer, default=0)
+    min_level: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    mask: Mapped[str] = mapped_column(String(16), default="none")  # none | pii
+    watermark: Mapped[bool] = mapped_column(Boolean, default=True)
+    revoked_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class DownloadRequest(Base):
+    """A user's request to download under a download-with-approval grant, and its decision."""
+
+    __tablename__ = "download_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    grant_id: Mapped[int] = mapped_column(ForeignKey("dataset_grants.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="requested")  # requested|approved|refused|used
+    reason: Mapped[str] = mapped_column(String(512), default="")
+    decided_by: Mapped[str] = mapped_column(String(128), default="")
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    decided_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
+
+
+class DailyUsage(Base):
+    """Per-user, per-day counters for the bulk limits (rows viewed, bytes downloaded)."""
+
+    __tablename__ = "daily_usage"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD (UTC)
+    rows_viewed: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_downloaded: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class GroupPolicy(Base):
     """Settings that apply to every member of a group (groups themselves live on users)."""
 
