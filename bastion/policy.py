@@ -209,10 +209,14 @@ class GrantedTarget:
 class Policy:
     """Loads the facts a decision needs and hands them to `decide`."""
 
-    def __init__(self, sessionmaker: async_sessionmaker, default_level: int, default_device_policy: str = "off"):
+    def __init__(self, sessionmaker: async_sessionmaker, default_level: int, default_device_policy: str = "off",
+                 dataset_levels: dict[str, int] | None = None, rows_per_day: int = 0, bytes_per_day: int = 0):
         self._sessionmaker = sessionmaker
         self._default_level = default_level
         self._default_device_policy = default_device_policy
+        self._dataset_levels = dataset_levels or {}
+        self._rows_per_day = rows_per_day
+        self._bytes_per_day = bytes_per_day
 
     async def _user_grants(self, db, user: User, target_id: int | None = None) -> list[tuple[Grant, TargetAccount]]:
         subjects = or_((Grant.subject_kind == "user") & (Grant.subject == user.name),
@@ -262,6 +266,38 @@ class Policy:
                 merged.setdefault((names[grant.target_id], account.login), set()).update(grant.actions)
         return [GrantedTarget(t, a, frozenset(acts)) for (t, a), acts in sorted(merged.items())]
 
+    async def _dataset_facts(self, identity: Identity, name: str, now: dt.datetime) -> "DatasetFacts":
+        from bastion.store.models import DailyUsage, Dataset, DatasetGrant, DownloadRequest
+
+        async with self._sessionmaker() as db:
+            user = await db.get(User, identity.user_id)
+            dataset = (await db.execute(select(Dataset).where(Dataset.name == name[:64]))).scalar_one_or_none()
+            if user is None or dataset is None:
+                return DatasetFacts(user is not None and user.status == "active", None, False, None, None, 3)
+            groups = list(user.groups or [])
+            subjects = or_((DatasetGrant.subject_kind == "user") & (DatasetGrant.subject == user.name),
+                           (DatasetGrant.subject_kind == "group") & (DatasetGrant.subject.in_(groups)))
+            grants = (await db.execute(select(DatasetGrant).where(DatasetGrant.dataset_id == dataset.id, subjects)))\
+                .scalars().all()
+            requests = (await db.execute(select(DownloadRequest).where(
+                DownloadRequest.user_id == user.id, DownloadRequest.status == "approved",
+                DownloadRequest.grant_id.in_([g.id for g in grants] or [-1])))).scalars().all()
+            usage = await db.get(DailyUsage, (user.id, now.strftime("%Y-%m-%d")))
+        approved = {r.grant_id: r.id for r in requests if r.expires_at is None or now < r.expires_at}
+        facts = [DatasetGrantFacts(g.id, g.mode, g.valid_until, g.max_downloads, g.downloads, g.min_level, g.mask,
+                                   g.watermark, g.revoked_at is not None, approved.get(g.id)) for g in grants]
+        return DatasetFacts(user.status == "active",
+                            DatasetRef(dataset.id, dataset.name, dataset.classification, dataset.current_version),
+                            dataset.published, dataset.publish_from, dataset.publish_until,
+                            self._dataset_levels.get(dataset.classification, 3), facts,
+                            usage.rows_viewed if usage else 0, usage.bytes_downloaded if usage else 0,
+                            self._rows_per_day, self._bytes_per_day)
+
+    async def authorize_dataset(self, identity: Identity, name: str, action: str,
+                                now: dt.datetime) -> "AllowDataset | StepUp | Deny":
+        """May this identity view or download dataset `name` now? (Loads the facts, then decides.)"""
+        return decide_dataset(identity, await self._dataset_facts(identity, name, now), action, now)
+
     async def recheck(self, channel: ChannelAuthorization, now: dt.datetime) -> bool:
         """Does a live channel's permission still hold: user active, a current grant with its action?"""
         target_auth = channel.target_authorization
@@ -269,3 +305,114 @@ class Policy:
                                                target_auth.account.login, now)
         return isinstance(decision, Allow) and isinstance(decide_channel(decision.authorization, channel.action, now),
                                                           AllowChannel)
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+
+DATASET_MODES = ("view", "download", "download-with-approval")
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    id: int
+    name: str
+    classification: str
+    version: int
+
+
+@dataclass(frozen=True)
+class DatasetAuthorization:
+    """Permission for one identity to view (rendered, masked, watermarked) or download one dataset now."""
+
+    identity: Identity
+    dataset: DatasetRef
+    action: str                 # view | download
+    grant_id: int
+    mask: str                   # none | pii
+    watermark: bool
+    request_id: int | None      # the approved download request this download uses up, if any
+    decided_at: dt.datetime
+    _mint: object = field(init=False, repr=False, compare=False, default=None)
+
+    @property
+    def minted(self) -> bool:
+        return self._mint is _MINT
+
+
+@dataclass(frozen=True)
+class AllowDataset:
+    authorization: DatasetAuthorization
+
+
+@dataclass(frozen=True)
+class DatasetGrantFacts:
+    id: int
+    mode: str
+    valid_until: dt.datetime | None
+    max_downloads: int | None
+    downloads: int
+    min_level: int | None
+    mask: str
+    watermark: bool
+    revoked: bool
+    approved_request: int | None = None  # an approved, unexpired, unused download request under this grant
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    user_active: bool
+    dataset: DatasetRef | None
+    published: bool
+    publish_from: dt.datetime | None
+    publish_until: dt.datetime | None
+    classification_level: int
+    grants: Sequence[DatasetGrantFacts] = ()
+    rows_today: int = 0
+    bytes_today: int = 0
+    rows_per_day: int = 0
+    bytes_per_day: int = 0
+
+
+def _visible(facts: DatasetFacts, now: dt.datetime) -> bool:
+    if facts.dataset is None or not facts.published:
+        return False
+    if facts.publish_from is not None and now < facts.publish_from:
+        return False
+    return facts.publish_until is None or now < facts.publish_until
+
+
+def decide_dataset(identity: Identity, facts: DatasetFacts, action: str, now: dt.datetime) -> AllowDataset | StepUp | Deny:
+    """Pure decision. Every "no" looks the same to the user (the reason is for the audit log)."""
+    if action not in ("view", "download"):
+        return Deny("unknown action")
+    if not facts.user_active:
+        return Deny("user disabled")
+    if not _visible(facts, now):
+        return Deny("not published" if facts.dataset is not None else "no such dataset")
+    current = [g for g in facts.grants
+               if not g.revoked and (g.valid_until is None or now < g.valid_until) and g.mode in DATASET_MODES]
+    if action == "download":
+        usable = [g for g in current if (g.mode == "download" and (g.max_downloads is None or g.downloads < g.max_downloads))
+                  or (g.mode == "download-with-approval" and g.approved_request is not None)]
+        if not usable and current:
+            return Deny("no usable download grant (quota used, or approval needed)")
+        if facts.bytes_per_day and facts.bytes_today >= facts.bytes_per_day:
+            return Deny("daily download limit reached")
+    else:
+        usable = current  # any grant that lets one download also lets one look
+        if facts.rows_per_day and facts.rows_today >= facts.rows_per_day:
+            return Deny("daily view limit reached")
+    if not usable:
+        return Deny("no current grant")
+    # Highest demand wins: the classification's level and the grant's; use the easiest grant that qualifies.
+    demands = [(max(facts.classification_level, g.min_level or 1), g) for g in usable]
+    reachable = [(level, g) for level, g in demands if identity.level >= level]
+    if not reachable:
+        return StepUp(min(level for level, _ in demands))
+    # Of the grants the identity qualifies for, the least masked one decides how the data is shown.
+    level, grant = min(reachable, key=lambda item: (item[1].mask != "none", item[1].watermark, item[1].id))
+    return AllowDataset(_minted(DatasetAuthorization(
+        identity=identity, dataset=facts.dataset, action=action, grant_id=grant.id, mask=grant.mask,
+        watermark=grant.watermark, request_id=grant.approved_request if grant.mode == "download-with-approval" else None,
+        decided_at=now)))
+

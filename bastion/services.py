@@ -59,7 +59,9 @@ class Services:
                 await upgrade(engine)
             db = make_sessionmaker(engine)
             audit = AuditLog(db, config.node_name, clock)
-            policy = Policy(db, config["auth.default_min_level"], config["auth.device_policy"])
+            policy = Policy(db, config["auth.default_min_level"], config["auth.device_policy"],
+                            {c: config[f"publish.level_{c}"] for c in ("public", "internal", "confidential", "secret")},
+                            config["publish.rows_per_day"], config["publish.bytes_per_day"])
             executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bastion-rec")
             recordings = RecordingStore(config, vault, node_key, db, clock, executor=executor)
             sessions = SessionRegistry(db, audit, policy, recordings, clock, config.node_name,

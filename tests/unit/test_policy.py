@@ -109,3 +109,64 @@ def test_device_demand_is_checked_only_for_granted_targets():
     # unknown/forbidden targets keep their generic answer even under a device policy
     decision = run([], device_policy="required")
     assert isinstance(decision, Deny) and decision.user_message == ""
+
+
+# --- datasets -------------------------------------------------------------------------------------------------
+
+from bastion.policy import AllowDataset, DatasetFacts, DatasetGrantFacts, DatasetRef, decide_dataset  # noqa: E402
+
+REPORT = DatasetRef(7, "q3-report", "confidential", 1)
+
+
+def dgrant(gid=1, mode="view", until=None, max_downloads=None, downloads=0, level=None, mask="none",
+           watermark=True, revoked=False, approved=None):
+    return DatasetGrantFacts(gid, mode, until, max_downloads, downloads, level, mask, watermark, revoked, approved)
+
+
+def dfacts(grants, published=True, window=(None, None), level=1, rows=0, bytes_=0, caps=(100, 1000)):
+    return DatasetFacts(True, REPORT, published, window[0], window[1], level, grants, rows, bytes_, *caps)
+
+
+@pytest.mark.parametrize("facts", [
+    dfacts([dgrant()], published=False),
+    dfacts([dgrant()], window=(NOW + dt.timedelta(hours=1), None)),
+    dfacts([dgrant()], window=(None, NOW)),
+    dfacts([dgrant(revoked=True)]),
+    dfacts([dgrant(until=NOW)]),
+    dfacts([]),
+    DatasetFacts(True, None, False, None, None, 1),
+])
+def test_unpublished_expired_revoked_ungranted_and_missing_datasets_all_deny(facts):
+    assert isinstance(decide_dataset(ALICE, facts, "view", NOW), Deny)
+
+
+def test_view_grant_cannot_download_and_download_grant_can_view():
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="view")]), "download", NOW), Deny)
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="download")]), "view", NOW), AllowDataset)
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="download")]), "download", NOW), AllowDataset)
+
+
+def test_download_quota_and_approval():
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="download", max_downloads=2, downloads=2)]),
+                                     "download", NOW), Deny)
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="download-with-approval")]), "download", NOW), Deny)
+    allowed = decide_dataset(ALICE, dfacts([dgrant(mode="download-with-approval", approved=5)]), "download", NOW)
+    assert isinstance(allowed, AllowDataset) and allowed.authorization.request_id == 5
+
+
+def test_classification_and_grant_levels_demand_step_up():
+    assert decide_dataset(ALICE, dfacts([dgrant()], level=2), "view", NOW) == StepUp(2)
+    assert decide_dataset(ALICE, dfacts([dgrant(level=3)]), "view", NOW) == StepUp(3)
+
+
+def test_daily_limits_refuse():
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant()], rows=100), "view", NOW), Deny)
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="download")], bytes_=1000), "download", NOW), Deny)
+
+
+def test_the_least_masked_qualifying_grant_decides_the_view():
+    decision = decide_dataset(ALICE, dfacts([dgrant(1, mask="pii"), dgrant(2, mask="none"),
+                                             dgrant(3, mask="none", level=3)]), "view", NOW)
+    assert decision.authorization.grant_id == 2 and decision.authorization.mask == "none"
+    forged = dataclasses.replace(decision.authorization, mask="none")
+    assert decision.authorization.minted and not forged.minted
