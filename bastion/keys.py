@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from bastion.privatefiles import write_private
 from bastion.vault import check_private_file
 
 HOST_KEY_FILES = {"ssh-ed25519": "ssh_host_ed25519_key", "ecdsa-sha2-nistp256": "ssh_host_ecdsa_key"}
@@ -22,20 +23,13 @@ TLS_KEY = "tls.key"
 NODE_KEY = "node_ed25519.pem"
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
 
 def create_host_keys(keys_dir: Path) -> list[Path]:
     paths = []
     for alg, name in HOST_KEY_FILES.items():
         key = asyncssh.generate_private_key(alg, comment="bastion-host")
         path = keys_dir / name
-        _write_private(path, key.export_private_key())
+        write_private(path, key.export_private_key())
         (keys_dir / (name + ".pub")).write_bytes(key.export_public_key())
         paths.append(path)
     return paths
@@ -72,7 +66,7 @@ def create_tls_material(keys_dir: Path, valid_days: int = 365) -> tuple[Path, Pa
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
     key_path, cert_path = keys_dir / TLS_KEY, keys_dir / TLS_CERT
-    _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
@@ -81,7 +75,7 @@ def create_tls_material(keys_dir: Path, valid_days: int = 365) -> tuple[Path, Pa
 def create_node_key(keys_dir: Path) -> Path:
     key = ed25519.Ed25519PrivateKey.generate()
     path = keys_dir / NODE_KEY
-    _write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return path
 

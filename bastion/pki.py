@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bastion.privatefiles import write_private
 from bastion.vault import check_private_file
 
 CA_KEY = "device_ca.key"
@@ -21,13 +22,6 @@ CA_CERT = "device_ca.crt"
 CA_YEARS = 10
 CLIENT_DAYS = 365
 
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def ensure_device_ca(keys_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -47,7 +41,7 @@ def ensure_device_ca(keys_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.C
                                              key_cert_sign=True, crl_sign=True, encipher_only=False,
                                              decipher_only=False), critical=True)
                 .sign(key, hashes.SHA256()))
-        _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                    serialization.NoEncryption()))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     check_private_file(key_path)

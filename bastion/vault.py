@@ -21,13 +21,9 @@ _WRAPPED = _NONCE + _KEY + 16
 def create_master_key(keys_dir: Path) -> Path:
     """Write a new random master key readable by the owner only; never overwrite one."""
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = keys_dir / MASTER_KEY_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, os.urandom(_KEY))
-    finally:
-        os.close(fd)
-    return path
+    from bastion.privatefiles import write_private
+
+    return write_private(keys_dir / MASTER_KEY_FILE, os.urandom(_KEY))
 
 
 def check_private_file(path: Path) -> None:
