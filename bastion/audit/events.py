@@ -240,3 +240,73 @@ class BackupRestored(Event):
     backup_node: str
     rows: int
     files: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetChange(AdminChange):
+    """A change to the dataset catalog; `action` is e.g. "dataset.add", so the type is "admin.dataset.add"."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetView(Event):
+    """A rendered view of one page of a dataset file; `view_id` is the one burned into its watermark."""
+
+    type: ClassVar[str] = "dataset.view"
+    dataset: str
+    version: int
+    path: str
+    kind: str
+    page: int
+    rows: int
+    view_id: str
+    grant_id: int
+    mask: str
+    watermark: bool
+    level: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetDownload(Event):
+    """A download about to be streamed: its size and the SHA-256 of exactly the plaintext served."""
+
+    type: ClassVar[str] = "dataset.download"
+    dataset: str
+    version: int
+    path: str
+    size: int
+    sha256: str
+    grant_id: int
+    request_id: int | None = None
+    download_id: str = ""
+    downloads: int = 0
+    level: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuotaExceeded(Event):
+    """Alert: a user reached or passed a daily bulk limit (rows viewed, bytes downloaded)."""
+
+    type: ClassVar[str] = "alert.quota"
+    outcome: str = "refused"
+    limit_kind: str  # rows | bytes
+    limit: int
+    used: int
+    requested: int
+    day: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownloadRequested(Event):
+    type: ClassVar[str] = "dataset.request"
+    request_id: int
+    grant_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownloadDecided(Event):
+    type: ClassVar[str] = "dataset.decide"
+    request_id: int
+    user: str
+    decision: str  # approved | refused
+    reason: str
+    expires_at: str | None = None
