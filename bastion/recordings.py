@@ -15,7 +15,7 @@ from bastion.errors import NotFound
 from bastion.keys import load_node_key
 from bastion.recorder import keyframes
 from bastion.recorder.export import export_cast
-from bastion.recorder.reader import iter_lines, verify
+from bastion.recorder.reader import verify
 from bastion.recorder.replay import replay
 from bastion.store.models import AuditEvent, Recording
 

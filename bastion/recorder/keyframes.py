@@ -23,7 +23,6 @@ from typing import Iterator
 import pyte
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bastion.errors import RecordingError
 from bastion.recorder import container

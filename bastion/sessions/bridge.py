@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Coroutine, Protocol
+from typing import Any, Coroutine, Protocol
 
 import asyncssh
 

@@ -13,7 +13,7 @@ from bastion.audit.events import DeviceAdvisory, SessionDenied
 from bastion.audit.events import StepUp as AuditStepUp
 from bastion.auth import levels
 from bastion.auth.flow import Verdict
-from bastion.errors import BastionError, RecordingError, UpstreamError
+from bastion.errors import BastionError, UpstreamError
 from bastion.policy import Allow, AllowChannel, Deny, StepUp, TargetAuthorization, decide_channel
 from bastion.sessions.bridge import Bridge
 from bastion.sessions.sftpfilter import SftpFilter

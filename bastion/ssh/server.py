@@ -16,7 +16,7 @@ from bastion.auth.flow import AuthFlow, Verdict
 from bastion.auth.neighbours import peer_mac
 from bastion.auth.skkeys import SK_ALGORITHMS, parse_sk_signature
 from bastion.errors import UpstreamError
-from bastion.policy import Allow, Deny, StepUp, TargetAuthorization
+from bastion.policy import Allow, StepUp, TargetAuthorization
 from bastion.ssh.routing import Route, parse_login
 
 if TYPE_CHECKING:

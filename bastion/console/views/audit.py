@@ -198,7 +198,6 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
 
 
 async def log_page(request: web.Request) -> web.Response:
-    services = request.app[render.SERVICES]
     events = await _events(request)
     return render.page(request, "audit_log.html", events=events, query=request.query)
 
