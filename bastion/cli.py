@@ -457,13 +457,12 @@ def cmd_audit_list(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from bastion.audit.log import verify_chain
-
+    from bastion.audit.anchor import verify_for_cli
     from bastion.audit.events import AuditRead
 
     async def work(services: Any) -> tuple[bool, str]:
         await services.audit.emit(AuditRead(actor=_actor(), source="local", purpose="verify"))
-        return await verify_chain(services.db)
+        return await verify_for_cli(services)
 
     ok, message = asyncio.run(_with_services(args, work))
     _print({"ok": ok, "detail": message}, args.json)
@@ -650,7 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(audit, "list", cmd_audit_list, "list audit events, newest first", listing)
     p.add_argument("--type", help="only events of this type (prefix match)")
     p.add_argument("--limit", type=int, default=200)
-    command(audit, "verify", cmd_audit_verify, "verify the audit hash chain", listing)
+    command(audit, "verify", cmd_audit_verify, "verify the audit hash chain (and its anchors)", listing)
+    from bastion.records_cli import register_cli as register_records
+
+    register_records(sub, command, listing)
     return parser
 
 

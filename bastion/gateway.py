@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from bastion.audit.anchor import anchor_loop
+from bastion.audit.syslog import SyslogForwarder
 from bastion.config import Config
+from bastion.retention import retention_loop
 from bastion.console.app import ConsoleServer, create_app
 from bastion.pki import ensure_device_ca
 from bastion.tlsconfig import server_context
@@ -22,6 +25,8 @@ class Gateway:
 
     def __init__(self, services: Services):
         self.services = services
+        self.syslog: SyslogForwarder | None = None
+        self.loops: list[asyncio.Task] = []
         self.ssh = SSHFrontEnd(services)
         config = services.config
         ensure_device_ca(config.keys_dir)  # mTLS: device certificates are optional at the TLS level
@@ -46,6 +51,15 @@ class Gateway:
         await self.console.start()
         address = await self.listener.start()
         config = self.services.config
+        # Audit events go to syslog too when configured; the chain head is anchored outside the database;
+        # expired recordings are crypto-shredded.
+        self.syslog = SyslogForwarder.from_config(config)
+        if self.syslog is not None:
+            self.syslog.attach(self.services.audit)
+            await self.syslog.start()
+        loop = asyncio.get_running_loop()
+        self.loops = [loop.create_task(anchor_loop(self.services, syslog=self.syslog)),
+                      loop.create_task(retention_loop(self.services))]
         self.services.public_url = config["console.public_url"] or f"https://{config['console.rp_id']}:{address[1]}"
         self.services.sessions.start_rechecks()
         return address
@@ -55,8 +69,20 @@ class Gateway:
         for live in self.services.sessions.live():
             live.terminate("the gateway is shutting down")
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
-        while self.services.sessions.live() and asyncio.get_running_loop().time() < deadline:
+        while self.services.sessions.busy() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+        for task in self.loops:
+            task.cancel()
+        for task in self.loops:
+            try:
+                await task
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise
+            except Exception:
+                log.exception("background task failed")
+        if self.syslog is not None:
+            await self.syslog.stop()
         await self.console.close()
         await self.services.close()
 

@@ -43,7 +43,9 @@ class AuditLog:
         self._sessionmaker = sessionmaker
         self._node = node
         self._clock = clock
-        self._listeners = listeners or []
+        # Called with every committed row (syslog forwarding); they must not block.
+        self.listeners = listeners if listeners is not None else []
+        self._listeners = self.listeners
 
     async def emit(self, event: Event) -> AuditEvent:
         details = json.loads(canonical(event.details()))
@@ -59,7 +61,7 @@ class AuditLog:
             head.hash = row.hash
             db.add(row)
         log.info("audit %s actor=%s target=%s outcome=%s", row.type, row.actor, row.target, row.outcome)
-        for listener in self._listeners:
+        for listener in self.listeners:
             listener(row)
         return row
 

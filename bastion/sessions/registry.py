@@ -82,11 +82,16 @@ class SessionRegistry:
     _recheck_task: asyncio.Task | None = None
     _kill_task: asyncio.Task | None = None
     _tasks: set = field(default_factory=set)
+    _ending: set = field(default_factory=set)
     # Work to do once a session has ended (keyframes, search index); each gets the session id.
     after_end: list = field(default_factory=list)
 
     def live(self) -> list[LiveSession]:
         return list(self._live.values())
+
+    def busy(self) -> bool:
+        """Sessions are running or still being closed (recording sealed, row written)."""
+        return bool(self._live) or bool(self._ending)
 
     def get(self, session_id: str) -> LiveSession | None:
         return self._live.get(session_id)
@@ -160,6 +165,13 @@ class SessionRegistry:
         live.ended = True
         reason = live.end_reason or reason
         self._live.pop(live.id, None)
+        self._ending.add(live.id)
+        try:
+            await self._close(live, reason)
+        finally:
+            self._ending.discard(live.id)
+
+    async def _close(self, live: LiveSession, reason: str) -> None:
         try:
             await live.recorder.close(reason)
         except asyncio.CancelledError:
