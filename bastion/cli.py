@@ -653,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bastion.records_cli import register_cli as register_records
 
     register_records(sub, command, listing)
+    from bastion.search.cli import register_cli as register_search
+
+    register_search(sub, command, listing)
     return parser
 
 

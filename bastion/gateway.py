@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from bastion.audit.anchor import anchor_loop
 from bastion.audit.syslog import SyslogForwarder
 from bastion.config import Config
 from bastion.retention import retention_loop
+from bastion.search.index import index_later, schedule_pending, stop_indexing
 from bastion.console.app import ConsoleServer, create_app
 from bastion.pki import ensure_device_ca
 from bastion.tlsconfig import server_context
@@ -48,6 +50,9 @@ class Gateway:
                 await build_keyframes(self.services, session_id)
 
         self.services.sessions.after_end.append(keyframes_after)
+        # The search index of a session is built once it has ended (and caught up for earlier ones).
+        self.services.sessions.after_end.append(functools.partial(index_later, self.services))
+        schedule_pending(self.services)
         await self.console.start()
         address = await self.listener.start()
         config = self.services.config
@@ -83,6 +88,7 @@ class Gateway:
                 log.exception("background task failed")
         if self.syslog is not None:
             await self.syslog.stop()
+        await stop_indexing(self.services)
         await self.console.close()
         await self.services.close()
 

@@ -140,8 +140,10 @@ async def _shred(services: Any, candidate: _Candidate, now: dt.datetime) -> str 
                 if held:
                     raise _Held()
                 state = await asyncio.to_thread(destroy_recording_file, path)
-                await db.execute(delete(SearchEntry).where(SearchEntry.session_id == candidate.session_id))
+                # The row first: it takes the lock an indexing run finishing now would need, so no fresh
+                # entries can land after the delete.
                 await db.execute(update(Session).where(Session.id == candidate.session_id).values(index_key=None))
+                await db.execute(delete(SearchEntry).where(SearchEntry.session_id == candidate.session_id))
     except _Held:
         return None
     return state

@@ -42,6 +42,8 @@ EXPECTED = {
     "GET /audit/sessions/{session_id}": "auditor",
     "GET /audit/sessions/{session_id}/live": "auditor",
     "GET /audit/log": "auditor",
+    "GET /audit/search": "auditor",
+    "GET /api/v1/audit/search": "auditor",
     "GET /api/v1/audit/sessions": "auditor",
     "GET /api/v1/audit/sessions/{session_id}/cast": "auditor",
     "POST /api/v1/audit/sessions/{session_id}/terminate": "auditor",
