@@ -656,6 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bastion.search.cli import register_cli as register_search
 
     register_search(sub, command, listing)
+    from bastion.publish.cli import register_cli as register_datasets
+
+    register_datasets(sub, command, listing)
     return parser
 
 

@@ -298,6 +298,36 @@ class Policy:
         """May this identity view or download dataset `name` now? (Loads the facts, then decides.)"""
         return decide_dataset(identity, await self._dataset_facts(identity, name, now), action, now)
 
+    async def granted_datasets(self, identity: Identity, now: dt.datetime) -> list["GrantedDataset"]:
+        """Published datasets this identity holds a current grant for, each with its view and download decision.
+
+        Anything else (unpublished, expired, revoked, ungranted) is simply absent, as if it did not exist.
+        """
+        from bastion.store.models import Dataset, DatasetGrant
+
+        async with self._sessionmaker() as db:
+            user = await db.get(User, identity.user_id)
+            if user is None or user.status != "active":
+                return []
+            subjects = or_((DatasetGrant.subject_kind == "user") & (DatasetGrant.subject == user.name),
+                           (DatasetGrant.subject_kind == "group")
+                           & (DatasetGrant.subject.in_(list(user.groups or []))))
+            rows = (await db.execute(select(Dataset.name, Dataset.description).join(
+                DatasetGrant, DatasetGrant.dataset_id == Dataset.id).where(subjects).distinct()
+                .order_by(Dataset.name))).all()
+        out = []
+        for name, description in rows:
+            facts = await self._dataset_facts(identity, name, now)
+            if not _visible(facts, now) or not _current_dataset_grants(facts, now):
+                continue
+            modes = {g.mode for g in _current_dataset_grants(facts, now)}
+            download_mode = "download" if "download" in modes else \
+                "download-with-approval" if "download-with-approval" in modes else None
+            out.append(GrantedDataset(facts.dataset.name, facts.dataset.classification, description or "",
+                                      facts.dataset.version, decide_dataset(identity, facts, "view", now),
+                                      decide_dataset(identity, facts, "download", now), download_mode))
+        return out
+
     async def recheck(self, channel: ChannelAuthorization, now: dt.datetime) -> bool:
         """Does a live channel's permission still hold: user active, a current grant with its action?"""
         target_auth = channel.target_authorization
@@ -381,6 +411,24 @@ def _visible(facts: DatasetFacts, now: dt.datetime) -> bool:
     return facts.publish_until is None or now < facts.publish_until
 
 
+def _current_dataset_grants(facts: DatasetFacts, now: dt.datetime) -> list[DatasetGrantFacts]:
+    return [g for g in facts.grants
+            if not g.revoked and (g.valid_until is None or now < g.valid_until) and g.mode in DATASET_MODES]
+
+
+@dataclass(frozen=True)
+class GrantedDataset:
+    """One line of a user's dataset list: what it is and what the policy says about viewing and downloading."""
+
+    name: str
+    classification: str
+    description: str
+    version: int
+    view: "AllowDataset | StepUp | Deny"
+    download: "AllowDataset | StepUp | Deny"
+    download_mode: str | None   # download | download-with-approval | None (view only)
+
+
 def decide_dataset(identity: Identity, facts: DatasetFacts, action: str, now: dt.datetime) -> AllowDataset | StepUp | Deny:
     """Pure decision. Every "no" looks the same to the user (the reason is for the audit log)."""
     if action not in ("view", "download"):
@@ -389,8 +437,7 @@ def decide_dataset(identity: Identity, facts: DatasetFacts, action: str, now: dt
         return Deny("user disabled")
     if not _visible(facts, now):
         return Deny("not published" if facts.dataset is not None else "no such dataset")
-    current = [g for g in facts.grants
-               if not g.revoked and (g.valid_until is None or now < g.valid_until) and g.mode in DATASET_MODES]
+    current = _current_dataset_grants(facts, now)
     if action == "download":
         usable = [g for g in current if (g.mode == "download" and (g.max_downloads is None or g.downloads < g.max_downloads))
                   or (g.mode == "download-with-approval" and g.approved_request is not None)]

@@ -1,0 +1,385 @@
+"""Server-side views: CSV/TSV pages, text lines, re-encoded watermarked images; raw bytes never leave.
+
+Everything here is blocking and works on a seekable binary file object (a `BlobReader`, or any file in
+tests); callers run it in a thread. Results are plain data for a template to escape, never markup.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import io
+import json
+import mimetypes
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError, features
+
+from bastion.publish import masking
+from bastion.publish.errors import RenderError
+
+TABLE, TEXT, IMAGE, NONE = "table", "text", "image", "none"
+_MEDIA_TYPES = {
+    ".csv": "text/csv", ".tsv": "text/tab-separated-values", ".tab": "text/tab-separated-values",
+    ".txt": "text/plain", ".log": "text/plain", ".text": "text/plain", ".md": "text/markdown",
+    ".json": "application/json", ".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson",
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+}
+_KINDS = {"text/csv": TABLE, "text/tab-separated-values": TABLE, "image/png": IMAGE, "image/jpeg": IMAGE,
+          "application/json": TEXT, "application/x-ndjson": TEXT}
+_SAMPLE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one view may cost; every bound a hostile file could otherwise push."""
+
+    max_line_chars: int = 1 << 20         # a CSV line longer than this is refused
+    max_columns: int = 512
+    max_scan_bytes: int = 1 << 30         # pages starting deeper than this into a file are refused
+    text_line_chars: int = 2000           # longer text lines are shown as several lines
+    max_image_pixels: int = 40_000_000    # checked before decoding (decompression bombs)
+    max_image_side: int = 2048            # images are shown at most this large
+    max_json_pretty: int = 1 << 20        # JSON up to this size is re-indented for reading
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def media_type_for(path: str) -> str:
+    ext = posixpath.splitext(path.lower())[1]
+    return _MEDIA_TYPES.get(ext) or mimetypes.guess_type(path, strict=False)[0] or "application/octet-stream"
+
+
+def view_kind(media_type: str) -> str:
+    """TABLE, TEXT, IMAGE, or NONE (no viewer: never a raw fallback)."""
+    if media_type in _KINDS:
+        return _KINDS[media_type]
+    return TEXT if media_type.startswith("text/") else NONE
+
+
+# --- text decoding ---------------------------------------------------------------------------------------
+
+
+def sniff_encoding(sample: bytes, complete: bool) -> str:
+    """UTF-8 (with or without BOM), else GB18030 (a superset of GBK); anything else is refused."""
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\0" in sample:
+        raise RenderError("the file is not text in UTF-8 or GB18030 (it looks like UTF-16 or binary data)")
+    for encoding in ("utf-8", "gb18030"):
+        try:
+            # A sample may end inside a character: only a complete file must decode to the end.
+            codecs.getincrementaldecoder(encoding)().decode(sample, final=complete)
+            return encoding
+        except UnicodeDecodeError:
+            continue
+    raise RenderError("the file is not text in UTF-8 or GB18030/GBK")
+
+
+def _label(encoding: str) -> str:
+    return {"utf-8-sig": "UTF-8", "utf-8": "UTF-8", "gb18030": "GB18030"}.get(encoding, encoding)
+
+
+def _read(raw: BinaryIO, size: int) -> bytes:
+    """Up to `size` bytes: a raw file may return less per call."""
+    out = bytearray()
+    while len(out) < size and (piece := raw.read(size - len(out))):
+        out += piece
+    return bytes(out)
+
+
+def _sample(raw: BinaryIO) -> tuple[bytes, bool]:
+    raw.seek(0)
+    sample = _read(raw, _SAMPLE + 1)
+    raw.seek(0)
+    return sample[:_SAMPLE], len(sample) <= _SAMPLE
+
+
+def _text(raw: BinaryIO, encoding: str, errors: str, newline: str | None) -> io.TextIOWrapper:
+    raw.seek(0)
+    return io.TextIOWrapper(io.BufferedReader(raw, 64 * 1024), encoding=encoding, errors=errors, newline=newline)
+
+
+def _release(text: io.TextIOWrapper) -> None:
+    """Detach the wrappers so closing them never closes the caller's file."""
+    text.detach().detach()
+
+
+# --- tables ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TablePage:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    has_next: bool
+    masked_columns: tuple[int, ...]
+    encoding: str
+    delimiter: str
+
+
+def _delimiter(sample: bytes, encoding: str, tsv: bool) -> str:
+    if tsv:
+        return "\t"
+    text = sample.decode(encoding, errors="ignore")
+    cut = text.rfind("\n")
+    try:
+        return csv.Sniffer().sniff(text[:cut + 1][:16384] if cut >= 0 else text[:16384], delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
+def _bounded_lines(text: io.TextIOWrapper, limit: int) -> Iterator[str]:
+    while line := text.readline(limit + 1):
+        if len(line) > limit and not line.endswith(("\n", "\r")):
+            raise RenderError(f"a line is longer than {limit} characters")
+        yield line
+
+
+def _blank(row: list[str]) -> bool:
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
+def _table_rows(raw: BinaryIO, tsv: bool, limits: Limits) -> Iterator[tuple[str, str, int, list[str]]]:
+    """(encoding, delimiter, line number, fields) of every non-blank row, header first; errors are RenderError."""
+    sample, complete = _sample(raw)
+    if not sample:
+        raise RenderError("the file is empty: there is no table to show")
+    encoding = sniff_encoding(sample, complete)
+    delimiter = _delimiter(sample, encoding, tsv)
+    text = _text(raw, encoding, "strict", "")
+    reader = csv.reader(_bounded_lines(text, limits.max_line_chars), delimiter=delimiter, strict=True)
+    width = None
+    try:
+        for row in reader:
+            if _blank(row):
+                continue
+            if width is None:
+                width = len(row)
+                if width > limits.max_columns:
+                    raise RenderError(f"the table has {width} columns; at most {limits.max_columns} can be shown")
+            elif len(row) != width:
+                raise RenderError(f"malformed CSV: line {reader.line_num} has {len(row)} fields, "
+                                  f"the header has {width}")
+            yield encoding, delimiter, reader.line_num, row
+    except csv.Error as exc:
+        # csv's messages name the rule broken, never the data.
+        raise RenderError(f"malformed CSV at line {reader.line_num + 1}: {exc}") from None
+    except UnicodeDecodeError:
+        raise RenderError(f"the file is not valid {_label(encoding)} text (near line {reader.line_num + 1})") \
+            from None
+    finally:
+        _release(text)
+    if width is None:
+        raise RenderError("the file holds no rows: there is no table to show")
+
+
+def table_page(raw: BinaryIO, *, tsv: bool, page: int, per_page: int, mask: str = "none",
+               limits: Limits = DEFAULT_LIMITS) -> TablePage:
+    """Rows [(page-1)*per_page, page*per_page) under the header, masked by `mask` before they leave."""
+    start = (page - 1) * per_page
+    rows: list[tuple[str, ...]] = []
+    header: list[str] = []
+    has_next = False
+    encoding = delimiter = ""
+    with contextlib.closing(_table_rows(raw, tsv, limits)) as parsed:
+        for index, (encoding, delimiter, _, row) in enumerate(parsed, start=-1):
+            if index < 0:
+                header = row
+                continue
+            if index < start:
+                if raw.tell() > limits.max_scan_bytes:
+                    raise RenderError("this page lies too deep in a very large file to be shown")
+                continue
+            if index >= start + per_page:
+                has_next = True
+                break
+            rows.append(tuple(row))
+    columns = masking.sensitive_columns(header, mask)
+    return TablePage(masking.mask_row(header, {}, mask), tuple(masking.mask_row(r, columns, mask) for r in rows),
+                     has_next, tuple(sorted(columns)), encoding, delimiter)
+
+
+def validate_table(raw: BinaryIO, *, tsv: bool, limits: Limits = DEFAULT_LIMITS) -> int:
+    """Parse a whole table (encoding, quoting, field counts); returns its data rows or raises RenderError."""
+    count = -1
+    for count, _ in enumerate(_table_rows(raw, tsv, limits)):
+        pass
+    return max(count, 0)
+
+
+# --- text ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextPage:
+    lines: tuple[str, ...]
+    has_next: bool
+    encoding: str
+
+
+# A display line cut inside a number or an address would split it past the masker: carry such tails over.
+_TAIL = re.compile(r"[0-9A-Za-z@._%+\-\u00a0 \uff10-\uff19]{1,128}\Z")
+
+
+def _segments(text: io.TextIOWrapper, width: int) -> Iterator[str]:
+    carry = ""
+    while True:
+        piece = text.readline(max(1, width - len(carry)))
+        if not piece:
+            if carry:
+                yield carry
+            return
+        line = carry + piece
+        carry = ""
+        if line.endswith("\n"):
+            yield line[:-1]
+            continue
+        tail = _TAIL.search(line)
+        if tail and tail.start() > 0:
+            line, carry = line[:tail.start()], tail.group()
+        yield line
+
+
+def text_page(raw: BinaryIO, *, size: int, page: int, per_page: int, mask: str = "none", json_pretty: bool = False,
+              limits: Limits = DEFAULT_LIMITS) -> TextPage:
+    """Lines of a text, log or JSON file for one page (long lines wrapped), masked before they leave."""
+    sample, complete = _sample(raw)
+    if not sample:
+        raise RenderError("the file is empty: there is nothing to show")
+    encoding = sniff_encoding(sample, complete)
+    start = (page - 1) * per_page
+    if json_pretty and size <= limits.max_json_pretty:
+        raw.seek(0)
+        try:
+            document = json.loads(_read(raw, size).decode(encoding))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            document = None  # not valid JSON after all: shown as plain text below
+        if document is not None:
+            lines = json.dumps(document, indent=2, ensure_ascii=False).splitlines()
+            shown = []
+            for line in lines[start:start + per_page]:
+                while len(line) > limits.text_line_chars:  # bounded display width, like plain text
+                    shown.append(line[:limits.text_line_chars])
+                    line = line[limits.text_line_chars:]
+                shown.append(line)
+            return TextPage(tuple(masking.mask_text(line, mask) for line in shown),
+                            len(lines) > start + per_page, encoding)
+    text = _text(raw, encoding, "replace", None)
+    lines: list[str] = []
+    has_next = False
+    try:
+        for index, line in enumerate(_segments(text, limits.text_line_chars)):
+            if index < start:
+                if raw.tell() > limits.max_scan_bytes:
+                    raise RenderError("this page lies too deep in a very large file to be shown")
+                continue
+            if index >= start + per_page:
+                has_next = True
+                break
+            lines.append(masking.mask_text(line, mask))
+    finally:
+        _release(text)
+    return TextPage(tuple(lines), has_next, encoding)
+
+
+# --- images and watermarks -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    if features.check("freetype2"):
+        return ImageFont.load_default(size=size)
+    return ImageFont.load_default()
+
+
+def _text_tile(text: str, size: int, ink: tuple[int, int, int, int], halo: tuple[int, int, int, int],
+               angle: float) -> Image.Image:
+    font = _font(size)
+    stroke = max(1, size // 12)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    left, top, right, bottom = probe.textbbox((0, 0), text, font=font, stroke_width=stroke)
+    pad = size // 2
+    tile = Image.new("RGBA", (right - left + 2 * pad, bottom - top + 2 * pad), (0, 0, 0, 0))
+    ImageDraw.Draw(tile).text((pad - left, pad - top), text, font=font, fill=ink, stroke_width=stroke,
+                              stroke_fill=halo)
+    return tile.rotate(angle, expand=True, resample=Image.Resampling.BICUBIC)
+
+
+def burn_watermark(image: Image.Image, text: str) -> Image.Image:
+    """Tile `text` diagonally over the whole image, dark with a light halo, so no crop escapes it."""
+    base = image.convert("RGBA")
+    size = max(12, min(base.size) // 28)
+    tile = _text_tile(text, size, (0, 0, 0, 96), (255, 255, 255, 96), 30)
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    step_x, step_y = max(1, tile.width * 3 // 4), max(1, tile.height * 2 // 3)
+    for row, y in enumerate(range(-tile.height // 2, base.height, step_y)):
+        for x in range(-tile.width // 2 - (row % 2) * step_x // 2, base.width, step_x):
+            overlay.paste(tile, (x, y), tile)
+    return Image.alpha_composite(base, overlay)
+
+
+def render_image(raw: BinaryIO, *, watermark: str | None, limits: Limits = DEFAULT_LIMITS) -> RenderedImage:
+    """Decode a PNG/JPEG (size checked first), shrink it for display, burn in the watermark, re-encode it.
+
+    The output is a new image built from pixels alone: EXIF, ICC profiles and text chunks are not carried.
+    """
+    raw.seek(0)
+    # Pillow expects whole reads; a raw file may return less per call, so it gets a buffered view.
+    buffered = io.BufferedReader(raw, 256 * 1024)
+    try:
+        with Image.open(buffered, formats=("PNG", "JPEG")) as source:
+            width, height = source.size
+            if width * height > limits.max_image_pixels:
+                raise RenderError(f"the image is too large to show ({width}x{height} pixels; "
+                                  f"at most {limits.max_image_pixels})")
+            fmt = source.format
+            if fmt == "JPEG":  # decode at a reduced scale straight away (bounded memory for big photos)
+                source.draft("RGB", (limits.max_image_side, limits.max_image_side))
+            source.thumbnail((limits.max_image_side, limits.max_image_side))
+            oriented = ImageOps.exif_transpose(source)
+            alpha = oriented.mode in ("RGBA", "LA", "PA") or "transparency" in oriented.info
+            pixels = oriented.convert("RGBA" if alpha else "RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError):
+        raise RenderError("the image is damaged or is not a PNG or JPEG") from None
+    finally:
+        with contextlib.suppress(ValueError):
+            buffered.detach()  # the caller's file stays open
+    clean = Image.new(pixels.mode, pixels.size)
+    clean.paste(pixels)
+    if watermark:
+        clean = burn_watermark(clean, watermark)
+    out = io.BytesIO()
+    if fmt == "JPEG" and not alpha:
+        clean.convert("RGB").save(out, format="JPEG", quality=85)
+        media_type = "image/jpeg"
+    else:
+        clean.save(out, format="PNG")
+        media_type = "image/png"
+    return RenderedImage(out.getvalue(), media_type, clean.width, clean.height)
+
+
+def watermark_text(user: str, when: str, source: str, view_id: str) -> str:
+    return f"{user} | {when} | {source} | {view_id}"
+
+
+def watermark_png(text: str) -> bytes:
+    """A small transparent PNG with `text` at an angle, for a page to tile behind a table or text."""
+    tile = _text_tile(text, 15, (110, 110, 110, 70), (255, 255, 255, 0), 25)
+    canvas = Image.new("RGBA", (tile.width + 40, tile.height + 30), (0, 0, 0, 0))
+    canvas.paste(tile, (20, 15), tile)
+    out = io.BytesIO()
+    canvas.save(out, format="PNG")
+    return out.getvalue()
