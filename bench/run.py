@@ -1,8 +1,10 @@
-"""Benchmarks Bastion against direct OpenSSH in one run; prints ratios and writes bench/RESULTS.md.
+"""Benchmarks Bastion against OpenSSH peers in one run; prints ratios and writes bench/RESULTS.md.
 
-Figures: bulk throughput (`ssh target head -c N /dev/zero`), keystroke echo latency through a PTY,
-and connection setup (`ssh target true`), each direct to a real sshd and through the gateway with
-recording on. Run with `make bench` (quick) or `make bench-full`.
+Peers (see bench/peers.py): direct OpenSSH, OpenSSH ProxyJump through a second sshd, a home-made
+recording jump host (sshd + ForceCommand `asciinema rec -c "ssh target"`), and Bastion recording on.
+Figures: bulk throughput (`cat` of a file through the terminal channel, and `scp` of it), keystroke
+echo latency through a PTY, and connection setup (`ssh target true`). Run with `make bench` (quick)
+or `make bench-full`.
 """
 
 from __future__ import annotations
@@ -28,18 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from bastion.datadir import init_data_dir  # noqa: E402
 from bastion.localsshd import LocalSshd  # noqa: E402
+from bench.peers import Peer, start_recording_jump  # noqa: E402
 from tests.support.gateway import Directory, GatewayProcess  # noqa: E402
-
-SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-c", "aes128-gcm@openssh.com"]
-
-
-@dataclass
-class Peer:
-    name: str
-    port: int
-    login: str
 
 
 @dataclass
@@ -54,29 +46,52 @@ MODES = {"quick": Mode(256 << 20, 3, 500, 8), "full": Mode(1 << 30, 5, 2000, 20)
 REPLAY_MEGABYTES = {"quick": 10, "full": 100}
 
 
-def ssh_args(peer: Peer, key: Path, *command: str) -> list[str]:
-    return ["ssh", "-p", str(peer.port), *SSH_OPTS, "-i", str(key), f"{peer.login}@127.0.0.1", *command]
-
-
-def bulk(peer: Peer, key: Path, size: int) -> float:
-    """MiB/s of `head -c size /dev/zero` from the target to /dev/null here."""
+def _drain(command: list[str], expect: int, timeout: float) -> float:
+    """Seconds to run `command`, reading its stdout to the end; refuses a short read (no free wins)."""
     start = time.perf_counter()
-    with open(os.devnull, "wb") as sink:
-        subprocess.run(ssh_args(peer, key, f"head -c {size} /dev/zero"), stdout=sink, check=True, timeout=600)
-    return size / (1 << 20) / (time.perf_counter() - start)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          stdin=subprocess.DEVNULL) as process:
+        assert process.stdout is not None
+        received = 0
+        while piece := process.stdout.read(1 << 20):
+            received += len(piece)
+        status = process.wait(timeout=timeout)
+    elapsed = time.perf_counter() - start
+    if status != 0 or received < expect:
+        raise RuntimeError(f"{command[0]} exited {status} after {received} of {expect} bytes")
+    return elapsed
 
 
-def setup_time(peer: Peer, key: Path) -> float:
+def bulk_cat(peer: Peer, path: Path, size: int) -> float:
+    """MiB/s of `cat FILE` on the target, through the terminal channel, to this process."""
+    return size / (1 << 20) / _drain(peer.ssh_args(f"cat {path}"), size, 900)
+
+
+def bulk_scp(peer: Peer, remote_login: str, path: Path, size: int, work: Path) -> float:
+    """MiB/s of `scp target:FILE` to a local file (removed afterwards)."""
+    local = work / f"scp-{peer.name}.bin"
     start = time.perf_counter()
-    subprocess.run(ssh_args(peer, key, "true"), check=True, timeout=60, stdout=subprocess.DEVNULL)
+    subprocess.run(peer.scp_args(remote_login, str(path), str(local)), check=True, timeout=900,
+                   stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    got = local.stat().st_size
+    local.unlink()
+    if got != size:
+        raise RuntimeError(f"scp through {peer.name} delivered {got} of {size} bytes")
+    return size / (1 << 20) / elapsed
+
+
+def setup_time(peer: Peer) -> float:
+    start = time.perf_counter()
+    subprocess.run(peer.ssh_args("true"), check=True, timeout=60, stdout=subprocess.DEVNULL,
+                   stdin=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
-async def echo_latencies(peer: Peer, key: Path, keys: int) -> list[float]:
+async def echo_latencies(peer: Peer, keys: int) -> list[float]:
     """Seconds from sending one key to reading its echo, through a PTY running `cat`."""
-    async with asyncssh.connect("127.0.0.1", peer.port, username=peer.login, client_keys=[str(key)],
-                                known_hosts=None, agent_path=None, config=None,
-                                encryption_algs=["aes128-gcm@openssh.com"]) as conn:
+    conn = await peer.connect()
+    try:
         process = await conn.create_process("stty raw -echo; cat", term_type="xterm", encoding=None)
         await asyncio.sleep(0.5)
         samples = []
@@ -92,6 +107,8 @@ async def echo_latencies(peer: Peer, key: Path, keys: int) -> list[float]:
         process.stdin.write(b"\x04")
         process.close()
         return samples
+    finally:
+        conn.close()
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -113,6 +130,66 @@ def machine() -> str:
             f"asyncssh {asyncssh.__version__}, {openssh}")
 
 
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None]], replay: object) -> str:
+    from bench import replay_seek
+
+    names = list(results)
+    direct, bastion, home = results["direct"], results["bastion"], results["asciinema-jump"]
+
+    def ratio(key: str, inverse: bool = False) -> str:
+        if direct.get(key) is None or bastion.get(key) is None:
+            return "n/a"
+        return f"{bastion[key] / direct[key]:.2f}x"
+
+    def versus_home(key: str) -> str:
+        if home.get(key) is None or bastion.get(key) is None:
+            return "peer 3 cannot do it"
+        return "faster" if bastion[key] > home[key] else "SLOWER"
+
+    def added(key: str) -> str:
+        return f"+{(bastion[key] - direct[key]) * 1e3:.3f} ms"
+
+    rows = [
+        ("bulk `cat` of the file, MiB/s", "cat", f"{ratio('cat')} (target >= 0.80x); vs peer 3: {versus_home('cat')}"),
+        ("bulk `scp` of the file, MiB/s", "scp", f"{ratio('scp')} (target >= 0.80x); vs peer 3: {versus_home('scp')}"),
+        ("connection setup to `true`, ms", "setup", f"{ratio('setup')} (target <= 1.5x)"),
+        ("keystroke echo p50, ms", "p50", added("p50")),
+        ("keystroke echo p99, ms", "p99", f"{added('p99')} added (target <= 1 ms)"),
+    ]
+    scale = {"setup": 1e3, "p50": 1e3, "p99": 1e3}
+    table = ["| figure | " + " | ".join(names) + " | Bastion ÷ direct |", "|---|" + "---|" * (len(names) + 1)]
+    for label, key, verdict in rows:
+        cells = [_fmt(results[n][key] * scale.get(key, 1) if results[n].get(key) is not None else None)
+                 for n in names]
+        table.append(f"| {label} | " + " | ".join(cells) + f" | {verdict} |")
+    return "\n".join([
+        "# Bastion benchmark results", "",
+        f"Run {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, mode `{mode_name}` "
+        f"(bulk {mode.bulk_bytes >> 20} MiB x {mode.bulk_runs} runs, median; {mode.keys} keys; "
+        f"{mode.setup_runs} connection set-ups, median).", "",
+        f"Command: `make bench{'-full' if mode_name == 'full' else ''}` "
+        f"(`python -m bench.run --{mode_name}`)", "",
+        f"Machine: {machine()}", "",
+        "Peers, all on loopback against the same real OpenSSH sshd: **direct** (OpenSSH client to sshd); "
+        "**proxyjump** (OpenSSH through a second sshd, `-J` made explicit as a ProxyCommand, no recording); "
+        "**asciinema-jump** (an sshd whose ForceCommand runs `asciinema rec -c \"ssh target ...\"`; it relays "
+        "output only to a terminal, so its client uses `-tt`, and it cannot carry scp/sftp at all); "
+        "**bastion** (the gateway, every session recorded into the encrypted asciicast container). "
+        "Clients: OpenSSH `ssh`/`scp` with aes128-gcm for bulk and set-up; asyncssh for echo (one byte at a "
+        "time through `stty raw -echo; cat` in a PTY). The bulk file is base64 text (random bytes encoded: "
+        "text that compresses poorly, like a dump of encoded data); every run checks the byte count.", "",
+        *table, "",
+        f"Replay of a one-hour session with {REPLAY_MEGABYTES[mode_name]} MiB of output (`python -m bench.replay_seek "
+        f"--megabytes {REPLAY_MEGABYTES[mode_name]}`): keyframes are built once after the session, in a process of "
+        "their own; start and jump are what the server does before a player can draw.", "",
+        *replay_seek.report_lines(replay), ""])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="256 MiB, 500 keys, a few runs (default)")
@@ -126,70 +203,62 @@ def main() -> int:
     login = os.environ.get("USER") or "root"
     key = work / "id_bench"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    sshd = LocalSshd(work / "sshd").start()
-    sshd.authorize(login, key.with_suffix(".pub").read_text())
-    data_dir = work / "data"
-    asyncio.run(init_data_dir(data_dir, listen="127.0.0.1:0"))
-    directory = Directory(data_dir)
-    admin = directory.admin()
-    admin.add_target("target", sshd.host, sshd.port, sshd.host_key_pub.read_text())
-    sshd.authorize(login, admin.add_account("target", login, generate=True)["public_key"])
-    admin.add_user("bench", ssh_keys=[key.with_suffix(".pub").read_text()])
-    admin.add_grant(user="bench", target="target", account=login, actions=["shell", "exec"])
-    directory.close()
-    gateway = GatewayProcess(data_dir).start()
-    peers = [Peer("direct", sshd.port, login), Peer("bastion", gateway.port, "bench:target")]
-    results: dict[str, dict[str, float]] = {p.name: {} for p in peers}
+    public = key.with_suffix(".pub").read_text()
+    bulk_file = work / "bulk.txt"
+    subprocess.run(f"base64 /dev/urandom | head -c {mode.bulk_bytes} > {bulk_file}", shell=True, check=True)
+    os.chmod(bulk_file, 0o644)
+    started: list[object] = []
     try:
-        for peer in peers:
-            print(f"[{peer.name}] bulk {mode.bulk_bytes >> 20} MiB x {mode.bulk_runs}", flush=True)
-            results[peer.name]["bulk"] = statistics.median(bulk(peer, key, mode.bulk_bytes)
-                                                           for _ in range(mode.bulk_runs))
+        sshd = LocalSshd(work / "sshd").start()
+        started.append(sshd)
+        sshd.authorize(login, public)
+        jump = LocalSshd(work / "sshd-jump").start()
+        started.append(jump)
+        jump.authorize(login, public)
+        recording_jump, _ = start_recording_jump(work, sshd, login, key)
+        started.append(recording_jump)
+        data_dir = work / "data"
+        asyncio.run(init_data_dir(data_dir, listen="127.0.0.1:0"))
+        directory = Directory(data_dir)
+        admin = directory.admin()
+        admin.add_target("target", sshd.host, sshd.port, sshd.host_key_pub.read_text())
+        sshd.authorize(login, admin.add_account("target", login, generate=True)["public_key"])
+        admin.add_user("bench", ssh_keys=[public])
+        admin.add_grant(user="bench", target="target", account=login, actions=["shell", "exec", "sftp-read"])
+        directory.close()
+        gateway = GatewayProcess(data_dir).start()
+        started.append(gateway)
+        peers = [(Peer("direct", sshd.port, login, key), login),
+                 (Peer("proxyjump", sshd.port, login, key, jump=(jump.port, login)), login),
+                 (Peer("asciinema-jump", recording_jump.port, login, key, tty=True, scp=False), None),
+                 (Peer("bastion", gateway.port, "bench:target", key), "bench@target")]
+        results: dict[str, dict[str, float | None]] = {p.name: {} for p, _ in peers}
+        for peer, scp_login in peers:
+            figures = results[peer.name]
+            print(f"[{peer.name}] cat {mode.bulk_bytes >> 20} MiB x {mode.bulk_runs}", flush=True)
+            figures["cat"] = statistics.median(bulk_cat(peer, bulk_file, mode.bulk_bytes)
+                                               for _ in range(mode.bulk_runs))
+            figures["scp"] = None
+            if scp_login is not None:
+                print(f"[{peer.name}] scp {mode.bulk_bytes >> 20} MiB x {mode.bulk_runs}", flush=True)
+                figures["scp"] = statistics.median(bulk_scp(peer, scp_login, bulk_file, mode.bulk_bytes, work)
+                                                   for _ in range(mode.bulk_runs))
             print(f"[{peer.name}] setup x {mode.setup_runs}", flush=True)
-            results[peer.name]["setup"] = statistics.median(setup_time(peer, key) for _ in range(mode.setup_runs))
+            figures["setup"] = statistics.median(setup_time(peer) for _ in range(mode.setup_runs))
             print(f"[{peer.name}] echo x {mode.keys}", flush=True)
-            samples = asyncio.run(echo_latencies(peer, key, mode.keys))
-            results[peer.name]["p50"] = percentile(samples, 50)
-            results[peer.name]["p99"] = percentile(samples, 99)
+            samples = asyncio.run(echo_latencies(peer, mode.keys))
+            figures["p50"], figures["p99"] = percentile(samples, 50), percentile(samples, 99)
     finally:
-        gateway.stop()
-        sshd.stop()
+        for daemon in reversed(started):
+            daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
     from bench import replay_seek
 
     print(f"[replay] one hour, {REPLAY_MEGABYTES[mode_name]} MiB of output", flush=True)
     replay = asyncio.run(replay_seek.measure(REPLAY_MEGABYTES[mode_name]))
-    direct, bastion = results["direct"], results["bastion"]
-    rows = [
-        ("bulk throughput, MiB/s (higher is better)", direct["bulk"], bastion["bulk"],
-         f"{bastion['bulk'] / direct['bulk']:.2f}x direct (target >= 0.80x)"),
-        ("connection setup to `true`, ms", direct["setup"] * 1e3, bastion["setup"] * 1e3,
-         f"{bastion['setup'] / direct['setup']:.2f}x direct"),
-        ("keystroke echo p50, ms", direct["p50"] * 1e3, bastion["p50"] * 1e3,
-         f"+{(bastion['p50'] - direct['p50']) * 1e3:.3f} ms"),
-        ("keystroke echo p99, ms", direct["p99"] * 1e3, bastion["p99"] * 1e3,
-         f"+{(bastion['p99'] - direct['p99']) * 1e3:.3f} ms added (target <= 2 ms)"),
-    ]
-    table = ["| figure | direct OpenSSH | Bastion (recording on) | Bastion vs direct |", "|---|---|---|---|"]
-    table += [f"| {name} | {d:.2f} | {b:.2f} | {ratio} |" for name, d, b, ratio in rows]
-    report = "\n".join([
-        "# Bastion benchmark results", "",
-        f"Run {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, mode `{mode_name}` "
-        f"(bulk {mode.bulk_bytes >> 20} MiB x {mode.bulk_runs} runs, median; {mode.keys} keys; "
-        f"{mode.setup_runs} connection set-ups, median).", "",
-        f"Command: `make bench{'-full' if mode_name == 'full' else ''}` "
-        f"(`python -m bench.run --{mode_name}`)", "",
-        f"Machine: {machine()}", "",
-        "Both peers hit the same real OpenSSH sshd on loopback; the client is OpenSSH `ssh` with "
-        "aes128-gcm (bulk, set-up) and asyncssh (echo: one byte at a time through `stty raw -echo; cat` "
-        "in a PTY). Bastion records every session (encrypted asciicast container).", "",
-        *table, "",
-        f"Replay of a one-hour session with {REPLAY_MEGABYTES[mode_name]} MiB of output (`python -m bench.replay_seek "
-        f"--megabytes {REPLAY_MEGABYTES[mode_name]}`): keyframes are built once after the session, in a process of "
-        "their own; start and jump are what the server does before a player can draw.", "",
-        *replay_seek.report_lines(replay), ""])
-    Path(args.out).write_text(report)
-    print(report)
+    text = report(mode_name, mode, results, replay)
+    Path(args.out).write_text(text)
+    print(text)
     return 0
 
 

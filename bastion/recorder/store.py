@@ -156,7 +156,8 @@ class RecordingStore:
             raise RecordingError("recording could not be started: the recording index is unavailable") from None
         writer = ChunkWriter(fd, session_id, data_key, preamble,
                              header_line(width, height, int(now.timestamp()), str(term), str(title)),
-                             self._config["recording.chunk_bytes"], self._node_key)
+                             self._config["recording.chunk_bytes"], self._node_key,
+                             sync_interval=self._config["recording.flush_interval"])
         recorder = SessionRecorder(
             recording_id=recording_id, session_id=session_id, path=path, writer=writer,
             executor=self._executor, clock=self._clock, config=self._config, echo_tracking=echo_tracking,
