@@ -266,6 +266,18 @@ class Policy:
                 merged.setdefault((names[grant.target_id], account.login), set()).update(grant.actions)
         return [GrantedTarget(t, a, frozenset(acts)) for (t, a), acts in sorted(merged.items())]
 
+    async def device_policy(self, identity: Identity) -> str:
+        """The device policy of a login that names no target (the `datasets` login): the strictest of the
+        default, the user's and their groups' (a user gone since login gets the strictest)."""
+        async with self._sessionmaker() as db:
+            user = await db.get(User, identity.user_id)
+            if user is None:
+                return "required"
+            groups = list(user.groups or [])
+            group_policies = [g.device_policy for g in (await db.execute(
+                select(GroupPolicy).where(GroupPolicy.name.in_(groups)))).scalars()] if groups else []
+        return strongest(self._default_device_policy, user.device_policy, *group_policies)
+
     async def _dataset_facts(self, identity: Identity, name: str, now: dt.datetime) -> "DatasetFacts":
         from bastion.store.models import DailyUsage, Dataset, DatasetGrant, DownloadRequest
 
@@ -282,7 +294,7 @@ class Policy:
             requests = (await db.execute(select(DownloadRequest).where(
                 DownloadRequest.user_id == user.id, DownloadRequest.status == "approved",
                 DownloadRequest.grant_id.in_([g.id for g in grants] or [-1])))).scalars().all()
-            usage = await db.get(DailyUsage, (user.id, now.strftime("%Y-%m-%d")))
+            usage = await db.get(DailyUsage, (user.id, now.astimezone(dt.timezone.utc).strftime("%Y-%m-%d")))
         approved = {r.grant_id: r.id for r in requests if r.expires_at is None or now < r.expires_at}
         facts = [DatasetGrantFacts(g.id, g.mode, g.valid_until, g.max_downloads, g.downloads, g.min_level, g.mask,
                                    g.watermark, g.revoked_at is not None, approved.get(g.id)) for g in grants]
@@ -439,7 +451,8 @@ def decide_dataset(identity: Identity, facts: DatasetFacts, action: str, now: dt
         return Deny("not published" if facts.dataset is not None else "no such dataset")
     current = _current_dataset_grants(facts, now)
     if action == "download":
-        usable = [g for g in current if (g.mode == "download" and (g.max_downloads is None or g.downloads < g.max_downloads))
+        left = [g for g in current if g.max_downloads is None or g.downloads < g.max_downloads]
+        usable = [g for g in left if g.mode == "download"
                   or (g.mode == "download-with-approval" and g.approved_request is not None)]
         if not usable and current:
             return Deny("no usable download grant (quota used, or approval needed)")
@@ -456,8 +469,11 @@ def decide_dataset(identity: Identity, facts: DatasetFacts, action: str, now: dt
     reachable = [(level, g) for level, g in demands if identity.level >= level]
     if not reachable:
         return StepUp(min(level for level, _ in demands))
-    # Of the grants the identity qualifies for, the least masked one decides how the data is shown.
-    level, grant = min(reachable, key=lambda item: (item[1].mask != "none", item[1].watermark, item[1].id))
+    # Of the grants the identity qualifies for, the least masked one decides how the data is shown; a
+    # download uses a plain download grant before it spends a one-time approval.
+    level, grant = min(reachable, key=lambda item: (item[1].mask != "none",
+                                                     action == "download" and item[1].mode != "download",
+                                                     item[1].watermark, item[1].id))
     return AllowDataset(_minted(DatasetAuthorization(
         identity=identity, dataset=facts.dataset, action=action, grant_id=grant.id, mask=grant.mask,
         watermark=grant.watermark, request_id=grant.approved_request if grant.mode == "download-with-approval" else None,

@@ -223,7 +223,9 @@ class Catalog:
         return dataset
 
     async def _user(self, db: Any, name: str) -> User:
-        user = (await db.execute(select(User).where(User.name == str(name)[:64]))).scalar_one_or_none()
+        # The exact name: a longer one must not match the user its first 64 characters name.
+        user = (await db.execute(select(User).where(User.name == str(name)))).scalar_one_or_none() \
+            if len(str(name)) <= 64 else None
         if user is None:
             raise NotFound(f"no such user: {str(name)[:64]}")
         return user
@@ -498,14 +500,18 @@ class Catalog:
         return after
 
     async def revoke(self, grant_id: int) -> None:
+        if isinstance(grant_id, bool) or not isinstance(grant_id, int):
+            raise UsageError("a dataset grant id is a number")
         async with self.sessionmaker() as db, db.begin():
             grant = await db.get(DatasetGrant, grant_id)
             if grant is None:
                 raise NotFound(f"no such dataset grant: {grant_id}")
             if grant.revoked_at is not None:
                 raise Conflict(f"dataset grant {grant_id} is already revoked")
-            grant.revoked_at = self.clock.now()
-        await self._audit("revoke", f"dataset-grant:{grant_id}", {"state": "active"}, {"state": "revoked"})
+            now = self.clock.now()
+            before = {"state": grant_state(grant, now)}
+            grant.revoked_at = now
+        await self._audit("revoke", f"dataset-grant:{grant_id}", before, {"state": "revoked"})
 
     # download approvals -------------------------------------------------------------------------------------
 
@@ -549,6 +555,10 @@ class Catalog:
         `decider` is a console user, who must be an admin or the dataset's owner (and not the requester);
         None means this catalog's actor (the local CLI administrator).
         """
+        if isinstance(request_id, bool) or not isinstance(request_id, int):
+            raise UsageError("a download request id is a number")
+        if not isinstance(approve, bool):
+            raise UsageError("approve must be true or false")
         reason = _text(reason, "reason", MAX_REASON, required=True)
         now = self.clock.now()
         async with self.sessionmaker() as db, db.begin():

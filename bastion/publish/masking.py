@@ -13,11 +13,17 @@ STAR = "*"
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
 # Digits joined by at most one separator ("138 1234-5678", "6222 0212 ..."); an ID may end in X.
-_SEPARATORS = " -\u00a0"
-_RUN = re.compile(r"\d(?:[ \-\u00a0]?\d)*(?:[ \-\u00a0]?[Xx])?")
+# Spaces and dashes, ASCII and the full-width and typographic ones Chinese text uses ("138　1234　5678").
+SEPARATORS = " -\u00a0\u3000\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d"
+_SEPARATORS = SEPARATORS
+_SEP_CLASS = "[" + "".join(re.escape(c) for c in SEPARATORS) + "]"
+_RUN = re.compile(rf"\d(?:{_SEP_CLASS}?\d)*(?:{_SEP_CLASS}?[Xx])?")
 # A run this long is no single number; masking all of it is cheaper than scanning every window.
 _MAX_RUN_DIGITS = 64
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+# E-mail addresses are found from each '@' outwards (a regex scanning for the local part first is quadratic
+# on long runs of letters, and CSV cells may be a megabyte long).
+_EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 _KEEP_PREFIX, _KEEP_SUFFIX = 3, 4
 
 
@@ -91,17 +97,24 @@ def _mask_numbers(text: str, hide: bytearray) -> None:
             for pos in positions:
                 hide[pos] = 1
             continue
-        digits = "".join(text[pos] for pos in positions)
+        # Any script's decimal digits count (full-width "１３８..." is a mobile number too): compare as ASCII.
+        digits = "".join(str(int(text[pos])) if text[pos].isdecimal() else text[pos] for pos in positions)
         for start, end in _windows(digits):
             for pos in positions[start + _KEEP_PREFIX:end - _KEEP_SUFFIX]:
                 hide[pos] = 1
 
 
 def _mask_emails(text: str, hide: bytearray) -> None:
-    for match in _EMAIL.finditer(text):
-        local_end = match.group().index("@")
-        for pos in range(match.start() + 1, match.start() + local_end):
-            hide[pos] = 1
+    at = text.find("@")
+    while at >= 0:
+        start = at
+        while start > 0 and text[start - 1] in _EMAIL_LOCAL:
+            start -= 1
+        if start < at and _EMAIL_DOMAIN.match(text, at + 1):
+            # The first character stays readable, unless it is all there is ("a@example.com").
+            for pos in range(start + 1 if at - start > 1 else start, at):
+                hide[pos] = 1
+        at = text.find("@", at + 1)
 
 
 def mask_text(text: str, profile: str = "pii") -> str:
@@ -121,7 +134,7 @@ def mask_text(text: str, profile: str = "pii") -> str:
 def mask_value(value: str, prefix: int | None = None, suffix: int | None = None) -> str:
     """A whole value masked like 110***********1234: a short prefix and suffix kept, stars between.
 
-    Short values keep less, so no more than about a third of a value is ever shown.
+    Values of 11 characters or more keep 3 and 4 (138****5678); shorter ones keep at most 3 characters.
     """
     n = len(value)
     if prefix is None or suffix is None:

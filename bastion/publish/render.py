@@ -11,9 +11,9 @@ import contextlib
 import csv
 import io
 import json
+import math
 import mimetypes
 import posixpath
-import re
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -223,27 +223,77 @@ class TextPage:
     encoding: str
 
 
-# A display line cut inside a number or an address would split it past the masker: carry such tails over.
-_TAIL = re.compile(r"[0-9A-Za-z@._%+\-\u00a0 \uff10-\uff19]{1,128}\Z")
+# A display line cut inside a number or an address would split it past the masker, which then sees two
+# harmless halves: long lines are cut only where no number (digits joined by single separators, a final X)
+# and no e-mail address can run across the cut.
+_NUMBER_JOINERS = frozenset(masking.SEPARATORS + "Xx")
+_EMAIL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-@")
 
 
-def _segments(text: io.TextIOWrapper, width: int) -> Iterator[str]:
-    carry = ""
+def _numberish(ch: str) -> bool:
+    return ch.isdecimal() or ch in _NUMBER_JOINERS
+
+
+def _joined(left: str, right: str) -> bool:
+    """Could one number or one e-mail address run across the boundary between these two characters?"""
+    return (_numberish(left) and _numberish(right)) or (left in _EMAIL_CHARS and right in _EMAIL_CHARS)
+
+
+def _joined_prefix(line: str) -> int:
+    """Length of the run at the start of `line` that is joined to whatever came before it."""
+    end = 1 if line else 0
+    while end < len(line) and _joined(line[end - 1], line[end]):
+        end += 1
+    return end
+
+
+def _segments(text: io.TextIOWrapper, width: int) -> Iterator[tuple[str, bool, bool]]:
+    """Display lines of at most `width` characters: (line, cut inside a run at its start, ... at its end).
+
+    A long line is cut at the last place no number or address crosses; only a run longer than the whole
+    width is cut inside, and the caller hides that run completely on both sides of the cut.
+    """
+    carry, forced = "", False
     while True:
         piece = text.readline(max(1, width - len(carry)))
         if not piece:
             if carry:
-                yield carry
+                yield carry, forced, False
             return
         line = carry + piece
         carry = ""
         if line.endswith("\n"):
-            yield line[:-1]
+            yield line[:-1], forced, False
+            forced = False
             continue
-        tail = _TAIL.search(line)
-        if tail and tail.start() > 0:
-            line, carry = line[:tail.start()], tail.group()
-        yield line
+        if len(line) < width:  # the end of the file without a final newline
+            carry = line
+            continue
+        cut = next((i for i in range(len(line) - 1, 0, -1) if not _joined(line[i - 1], line[i])), 0)
+        if cut:
+            yield line[:cut], forced, False
+            carry, forced = line[cut:], False
+        else:
+            yield line, forced, True
+            forced = True
+
+
+def _hide_run(line: str, at_start: bool, at_end: bool) -> str:
+    """Star a run cut by a forced line break, whole, on the side(s) of `line` it touches."""
+    chars = list(line)
+    if at_start:
+        for i in range(_joined_prefix(line)):
+            if not chars[i].isspace():
+                chars[i] = masking.STAR
+    if at_end:
+        for i in range(len(line) - _joined_prefix(line[::-1]), len(line)):
+            if not chars[i].isspace():
+                chars[i] = masking.STAR
+    return "".join(chars)
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    return [line[i:i + width] for i in range(0, len(line), width)] or [""]
 
 
 def text_page(raw: BinaryIO, *, size: int, page: int, per_page: int, mask: str = "none", json_pretty: bool = False,
@@ -264,17 +314,14 @@ def text_page(raw: BinaryIO, *, size: int, page: int, per_page: int, mask: str =
             lines = json.dumps(document, indent=2, ensure_ascii=False).splitlines()
             shown = []
             for line in lines[start:start + per_page]:
-                while len(line) > limits.text_line_chars:  # bounded display width, like plain text
-                    shown.append(line[:limits.text_line_chars])
-                    line = line[limits.text_line_chars:]
-                shown.append(line)
-            return TextPage(tuple(masking.mask_text(line, mask) for line in shown),
-                            len(lines) > start + per_page, encoding)
+                # Masked whole, then wrapped to a bounded display width like plain text.
+                shown.extend(_wrap(masking.mask_text(line, mask), limits.text_line_chars))
+            return TextPage(tuple(shown), len(lines) > start + per_page, encoding)
     text = _text(raw, encoding, "replace", None)
     lines: list[str] = []
     has_next = False
     try:
-        for index, line in enumerate(_segments(text, limits.text_line_chars)):
+        for index, (line, cut_before, cut_after) in enumerate(_segments(text, limits.text_line_chars)):
             if index < start:
                 if raw.tell() > limits.max_scan_bytes:
                     raise RenderError("this page lies too deep in a very large file to be shown")
@@ -282,7 +329,11 @@ def text_page(raw: BinaryIO, *, size: int, page: int, per_page: int, mask: str =
             if index >= start + per_page:
                 has_next = True
                 break
-            lines.append(masking.mask_text(line, mask))
+            if mask != "none":
+                line = masking.mask_text(line, mask)
+                if cut_before or cut_after:
+                    line = _hide_run(line, cut_before, cut_after)
+            lines.append(line)
     finally:
         _release(text)
     return TextPage(tuple(lines), has_next, encoding)
@@ -319,16 +370,29 @@ def _text_tile(text: str, size: int, ink: tuple[int, int, int, int], halo: tuple
 
 
 def burn_watermark(image: Image.Image, text: str) -> Image.Image:
-    """Tile `text` diagonally over the whole image, dark with a light halo, so no crop escapes it."""
+    """Write `text` over the whole image in diagonal rows, dark with a light halo, so no crop escapes it.
+
+    The rows are drawn level on a canvas as large as the image's diagonal and the canvas is turned, so the
+    gap between rows (about two and a half lines of text) is the largest watermark-free band anywhere.
+    """
     base = image.convert("RGBA")
     size = max(12, min(base.size) // 28)
-    tile = _text_tile(text, size, (0, 0, 0, 96), (255, 255, 255, 96), 30)
-    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    step_x, step_y = max(1, tile.width * 3 // 4), max(1, tile.height * 2 // 3)
-    for row, y in enumerate(range(-tile.height // 2, base.height, step_y)):
-        for x in range(-tile.width // 2 - (row % 2) * step_x // 2, base.width, step_x):
-            overlay.paste(tile, (x, y), tile)
-    return Image.alpha_composite(base, overlay)
+    font = _font(size)
+    stroke = max(1, size // 12)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    left, top, right, bottom = probe.textbbox((0, 0), text + "   ", font=font, stroke_width=stroke)
+    text_w, text_h = max(1, right - left), max(1, bottom - top)
+    side = int(math.hypot(*base.size)) + 2
+    canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, y in enumerate(range(0, side, max(1, text_h * 5 // 2))):
+        shift = (row * text_w // 3) % text_w  # each row staggered, so columns of gaps do not line up
+        for x in range(-shift, side, text_w):
+            draw.text((x - left, y - top), text, font=font, fill=(0, 0, 0, 96), stroke_width=stroke,
+                      stroke_fill=(255, 255, 255, 96))
+    turned = canvas.rotate(30, resample=Image.Resampling.BICUBIC)
+    x0, y0 = (side - base.width) // 2, (side - base.height) // 2
+    return Image.alpha_composite(base, turned.crop((x0, y0, x0 + base.width, y0 + base.height)))
 
 
 def render_image(raw: BinaryIO, *, watermark: str | None, limits: Limits = DEFAULT_LIMITS) -> RenderedImage:
@@ -352,7 +416,9 @@ def render_image(raw: BinaryIO, *, watermark: str | None, limits: Limits = DEFAU
             oriented = ImageOps.exif_transpose(source)
             alpha = oriented.mode in ("RGBA", "LA", "PA") or "transparency" in oriented.info
             pixels = oriented.convert("RGBA" if alpha else "RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError):
+    except Image.DecompressionBombError:  # Pillow's own, far higher bound, checked while opening
+        raise RenderError(f"the image is too large to show (at most {limits.max_image_pixels} pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
         raise RenderError("the image is damaged or is not a PNG or JPEG") from None
     finally:
         with contextlib.suppress(ValueError):

@@ -170,3 +170,52 @@ def test_the_least_masked_qualifying_grant_decides_the_view():
     assert decision.authorization.grant_id == 2 and decision.authorization.mask == "none"
     forged = dataclasses.replace(decision.authorization, mask="none")
     assert decision.authorization.minted and not forged.minted
+
+
+def test_unknown_actions_disabled_users_and_unknown_grant_modes_deny():
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="download")]), "delete", NOW), Deny)
+    disabled = dataclasses.replace(dfacts([dgrant(mode="download")]), user_active=False)
+    for action in ("view", "download"):
+        assert isinstance(decide_dataset(ALICE, disabled, action, NOW), Deny)
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="admin")]), "view", NOW), Deny)
+
+
+def test_publish_window_edges():
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant()], window=(NOW, None)), "view", NOW), AllowDataset)
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant()], window=(None, NOW + dt.timedelta(seconds=1))),
+                                     "view", NOW), AllowDataset)
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(until=NOW + dt.timedelta(seconds=1))]), "view", NOW),
+                      AllowDataset)
+
+
+def test_step_up_asks_for_the_lowest_level_that_would_do():
+    low = dataclasses.replace(ALICE, level=1)
+    assert decide_dataset(low, dfacts([dgrant(1, level=3), dgrant(2, level=2)]), "view", NOW) == StepUp(2)
+    # A masked grant reachable now beats stepping up for an unmasked one.
+    decision = decide_dataset(low, dfacts([dgrant(1, level=3), dgrant(2, mask="pii")]), "view", NOW)
+    assert isinstance(decision, AllowDataset) and decision.authorization.mask == "pii"
+
+
+def test_a_download_spends_a_plain_grant_before_an_approval():
+    decision = decide_dataset(ALICE, dfacts([dgrant(1, mode="download-with-approval", approved=9),
+                                             dgrant(2, mode="download")]), "download", NOW)
+    assert decision.authorization.grant_id == 2 and decision.authorization.request_id is None
+    used_up = decide_dataset(ALICE, dfacts([dgrant(1, mode="download-with-approval", approved=9),
+                                            dgrant(2, mode="download", max_downloads=1, downloads=1)]),
+                             "download", NOW)
+    assert used_up.authorization.grant_id == 1 and used_up.authorization.request_id == 9
+
+
+def test_limits_apply_only_to_their_own_action():
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="download")], rows=100), "download", NOW),
+                      AllowDataset)
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="download")], bytes_=1000), "view", NOW),
+                      AllowDataset)
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant()], rows=99), "view", NOW), AllowDataset)
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant()], rows=10**9, caps=(0, 0)), "view", NOW), AllowDataset)
+
+
+def test_a_used_up_or_unapproved_download_grant_is_named_in_the_audit_reason():
+    for grant in (dgrant(mode="download", max_downloads=1, downloads=1), dgrant(mode="download-with-approval")):
+        decision = decide_dataset(ALICE, dfacts([grant], bytes_=1000), "download", NOW)
+        assert isinstance(decision, Deny) and decision.reason.startswith("no usable download grant")

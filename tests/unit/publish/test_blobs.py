@@ -42,7 +42,8 @@ async def test_round_trip_of_every_size_at_chunk_edges(services, size, tmp_path)
     assert await read_all(store, sha) == data
     file = store.path(sha)
     assert file.stat().st_size == HEADER.size + size + max(1, -(-size // CHUNK)) * TAG
-    assert data[:64] not in file.read_bytes() or size == 0  # encrypted at rest
+    # Encrypted at rest (a plaintext shorter than 16 bytes may turn up in random ciphertext by chance).
+    assert size < 16 or data[:64] not in file.read_bytes()
 
 
 async def test_sources_path_file_object_async_iterator_and_aiohttp_style_reader(services, tmp_path):
