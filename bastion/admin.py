@@ -26,6 +26,9 @@ USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 LOGIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 GROUP_NAME = USER_NAME
+# A login name's target part that the gateway serves itself (the SFTP view of published datasets).
+DATASETS_LOGIN = "datasets"
+RESERVED_TARGET_NAMES = (DATASETS_LOGIN,)
 HOST_NAME = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
 USER_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
                   "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
@@ -251,6 +254,9 @@ class Admin:
     async def add_target(self, name: str, host: str, port: int, host_keys: str, min_level: int | None = None,
                          labels: dict[str, str] | None = None, device_policy: str | None = None) -> dict[str, Any]:
         check_name("target", name, TARGET_NAME)
+        if name.lower() in RESERVED_TARGET_NAMES:
+            raise UsageError(f"target name {name!r} is reserved: 'USER#{DATASETS_LOGIN}' logins serve the SFTP "
+                             "view of published datasets; choose another name")
         if not HOST_NAME.fullmatch(host or ""):
             raise UsageError("invalid host")
         if not 1 <= port <= 65535:

@@ -16,7 +16,8 @@ from bastion.auth.flow import AuthFlow, Verdict
 from bastion.auth.neighbours import peer_mac
 from bastion.auth.skkeys import SK_ALGORITHMS, parse_sk_signature
 from bastion.errors import UpstreamError
-from bastion.policy import Allow, StepUp, TargetAuthorization
+from bastion.policy import DEVICE_REQUIRED, Allow, StepUp, TargetAuthorization
+from bastion.ssh.datasets import DATASETS_LOGIN, ONLY_SFTP, DatasetsSession, login_level
 from bastion.ssh.routing import Route, parse_login
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
     from bastion.services import Services
 
 log = logging.getLogger("bastion.ssh")
-INVALID_LOGIN = "\x00invalid"
+# No user can have this name (see admin.USER_NAME); no NUL either, which PostgreSQL refuses in text.
+INVALID_LOGIN = "!invalid login"
 MAX_REJECTIONS = 10
 
 OFFER_TEXT = {levels.TOTP: "a TOTP code (keyboard-interactive)",
@@ -44,6 +46,7 @@ class GatewayServer(asyncssh.SSHServer):
         self.route: Route | None = None
         self.flow = AuthFlow(services.authenticator, peer.addr, peer.port)
         self.authorization: TargetAuthorization | None = None
+        self.device_policy = "off"  # of the `datasets` login, decided with its identity
         self.ambiguous_accounts: tuple[str, ...] = ()
         self._partial = False
         self._approval: str | None = None
@@ -178,8 +181,41 @@ class GatewayServer(asyncssh.SSHServer):
         return await self.services.policy.authorize_target(identity, self.route.target, self.route.account,
                                                            self.services.clock.now())
 
+    @property
+    def datasets_login(self) -> bool:
+        """`alice#datasets`: the gateway's own read-only SFTP view of published datasets, not a target."""
+        return self.route is not None and self.route.target == DATASETS_LOGIN
+
+    def _reachable(self, level: int) -> bool:
+        """Could this user give, over SSH, the factors `level` needs (without demanding it yet)?"""
+        before = self.flow.required_level
+        try:
+            self.flow.demand(level)
+            offers = self.flow.can_offer()
+            return self.flow.complete or bool(offers & set(OFFER_TEXT)) or self._browser_possible(offers)
+        finally:
+            self.flow.required_level = before
+
+    async def _after_dataset_factor(self, method: str) -> bool:
+        assert self.route is not None
+        if self.route.account is not None:
+            return await self._refuse(method, "no such target")
+        identity = self.flow.identity
+        # As for targets: a missing device refuses before any further factor is asked for.
+        self.device_policy = await self.services.policy.device_policy(identity)
+        if self.device_policy == "required" and identity.device_id is None:
+            self._banner(f"bastion: {DEVICE_REQUIRED}\r\n")
+            return await self._refuse(method, "no approved device")
+        self.flow.demand(await login_level(self.services, identity, self._reachable))
+        if not self.flow.complete:
+            return await self._ask_more(method)
+        await self.flow.succeeded()
+        return True
+
     async def _after_factor(self, method: str) -> bool:
         """A factor was accepted: finish the login, ask for the next factor, or refuse."""
+        if self.datasets_login:
+            return await self._after_dataset_factor(method)
         if self.route is not None and self.route.target is not None:
             decision = await self._decide(self.flow.identity)
             if isinstance(decision, Allow):
@@ -201,6 +237,10 @@ class GatewayServer(asyncssh.SSHServer):
                 self.authorization = decision.authorization
             await self.flow.succeeded()
             return True
+        return await self._ask_more(method)
+
+    async def _ask_more(self, method: str) -> bool:
+        """Below the demanded level: name what can raise it (partial success), or refuse when nothing can."""
         needed = self.flow.required_level
         where = self.route.target if self.route and self.route.target else "this login"
         offers = self.flow.can_offer() & set(OFFER_TEXT)  # what an SSH client can give in-band
@@ -235,10 +275,15 @@ class GatewayServer(asyncssh.SSHServer):
     # channels --------------------------------------------------------------------------------------------
 
     def session_requested(self) -> asyncssh.SSHServerSession:
+        if self.datasets_login:
+            return DatasetsSession(self)
         from bastion.ssh.channel import GatewaySession
         return GatewaySession(self)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
+        if self.datasets_login:
+            self._audit_forward_denied("local", dest_host, dest_port)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, ONLY_SFTP)
         from bastion.ssh.forward import forward_session
         return forward_session(self, dest_host, dest_port)
 

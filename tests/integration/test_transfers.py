@@ -8,24 +8,12 @@ import subprocess
 import time
 import uuid
 
-from bastion.recordings import list_audit
 from tests.support.clients import COMMON, scp, sftp, ssh
-from tests.support.recordings import wait_for_sessions
+from tests.support.recordings import wait_for_audit, wait_for_sessions
 
 
 def remote_path(name: str) -> str:
     return f"/tmp/bastion-test-{name}-{uuid.uuid4().hex[:8]}"
-
-
-def audit(testbed, prefix: str, actor: str, until=lambda events: bool(events), timeout: float = 10) -> list[dict]:
-    """The actor's events of a type prefix, polled until `until` holds (audit writes are asynchronous)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        events = [e for e in testbed.directory.call(lambda s: list_audit(s, prefix, 1000, "test"))
-                  if e["actor"] == actor]
-        if until(events) or time.monotonic() > deadline:
-            return events
-        time.sleep(0.1)
 
 
 def test_scp_upload_refused_under_sftp_read_and_nothing_written(testbed, tmp_path):
@@ -38,7 +26,7 @@ def test_scp_upload_refused_under_sftp_read_and_nothing_written(testbed, tmp_pat
     assert not os.path.exists(dest)
     legacy = scp(testbed.port, alice, str(local), f"{alice.name}#web01@127.0.0.1:{dest}", legacy=True)
     assert legacy.returncode != 0 and not os.path.exists(dest)
-    denied = audit(testbed, "transfer.denied", alice.name)
+    denied = wait_for_audit(testbed, "transfer.denied", alice.name)
     assert any(e["details"]["operation"] == "open for writing" and e["details"]["path"] == dest for e in denied)
 
 
@@ -59,7 +47,7 @@ def test_scp_upload_and_download_with_sftp_write_and_read(testbed, tmp_path):
         if os.path.exists(dest):
             os.unlink(dest)
     wait_for_sessions(testbed, alice.name, count=2)
-    transfers = audit(testbed, "transfer", alice.name, until=lambda events: len(events) >= 2)
+    transfers = wait_for_audit(testbed, "transfer", alice.name, until=lambda events: len(events) >= 2)
     moved = {(e["details"]["direction"], e["details"]["path"], e["details"]["size"]) for e in transfers
              if e["type"] == "transfer"}
     assert ("upload", dest, 300_000) in moved and ("download", dest, 300_000) in moved
@@ -81,7 +69,7 @@ def test_legacy_scp_needs_sftp_write_not_exec(testbed, tmp_path):
             os.unlink(dest)
     assert ssh(testbed.port, alice, f"{alice.name}:web01", "id").returncode == 1
     assert any(e["details"]["protocol"] == "scp" and e["details"]["size"] > 0
-               for e in audit(testbed, "transfer", alice.name) if e["type"] == "transfer")
+               for e in wait_for_audit(testbed, "transfer", alice.name) if e["type"] == "transfer")
 
 
 def test_sftp_read_only_lists_and_reads_but_cannot_change_anything(testbed, tmp_path):
@@ -144,12 +132,12 @@ def _free_port() -> int:
 def test_port_forwarding_refused_without_forward_and_audited(testbed):
     alice = testbed.user("shell,exec")
     assert not _forward(testbed, alice, allowed=False).startswith(b"SSH-")
-    denied = audit(testbed, "forward", alice.name, until=lambda ev: any(e["type"] == "forward.denied" for e in ev))
+    denied = wait_for_audit(testbed, "forward", alice.name, until=lambda ev: any(e["type"] == "forward.denied" for e in ev))
     assert any(e["type"] == "forward.denied" for e in denied)
 
 
 def test_port_forwarding_from_the_target_side_with_forward(testbed):
     alice = testbed.user("forward")
     assert _forward(testbed, alice, allowed=True).startswith(b"SSH-2.0-OpenSSH")
-    events = audit(testbed, "forward", alice.name, until=lambda ev: any(e["type"] == "forward" for e in ev))
+    events = wait_for_audit(testbed, "forward", alice.name, until=lambda ev: any(e["type"] == "forward" for e in ev))
     assert any(e["type"] == "forward" and e["details"]["dest_port"] == testbed.sshd.port for e in events)

@@ -37,3 +37,17 @@ def export_events(data_dir: Path, session_id: str, out: Path, *extra: str) -> tu
 
 def output_text(events: list[list]) -> str:
     return "".join(e[2] for e in events if e[1] == "o")
+
+
+def wait_for_audit(testbed: Any, prefix: str, actor: str, until=lambda events: bool(events),
+                   timeout: float = 10) -> list[dict]:
+    """The actor's events of a type prefix, polled until `until` holds (audit writes are asynchronous)."""
+    from bastion.recordings import list_audit
+
+    deadline = time.monotonic() + timeout
+    while True:
+        events = [e for e in testbed.directory.call(lambda s: list_audit(s, prefix, 2000, "test"))
+                  if e["actor"] == actor]
+        if until(events) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.1)
