@@ -55,14 +55,14 @@ def _static(root: Path):
 
 
 def all_routes(web_dir: Path) -> list[Route]:
-    from bastion.console.views import admin, approve, audit, login, me, search, terminal
+    from bastion.console.views import admin, approve, audit, datasets, login, me, publishing, search, terminal
 
     routes = [
         Route("GET", "/healthz", _healthz, Access.PUBLIC, "Health check"),
         Route("GET", "/static/{path:[A-Za-z0-9_./-]{1,200}}", _static(web_dir / "static"), Access.PUBLIC,
               "Static assets"),
         *login.ROUTES, *me.ROUTES, *terminal.ROUTES, *approve.ROUTES, *audit.ROUTES, *search.ROUTES,
-        *admin.ROUTES,
+        *admin.ROUTES, *datasets.ROUTES, *publishing.ROUTES,
     ]
 
     async def spec(request: web.Request) -> web.Response:

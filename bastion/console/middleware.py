@@ -163,6 +163,8 @@ async def gatekeeper(request: web.Request, handler: Handler) -> web.StreamRespon
                 return _deny(request, 403, "missing or wrong CSRF token")
         if route.body is not None and request.content_type != "application/json":
             return _deny(request, 415, "send application/json")
+        if route.form is not None and request.content_type != "multipart/form-data":
+            return _deny(request, 415, "send multipart/form-data")
     return await handler(request)
 
 

@@ -44,6 +44,9 @@ def document(routes: list[Route]) -> dict[str, Any]:
         }
         if route.body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body}}}
+        elif route.form is not None:
+            operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {
+                "schema": route.form, "encoding": {"file": {"contentType": "application/octet-stream"}}}}}
         if route.access is not Access.PUBLIC:
             # Token routes document the token; a console session (cookie + CSRF header) works for them too.
             operation["security"] = [{"token": [route.scope]}] if route.scope else [{"session": []}]

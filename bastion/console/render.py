@@ -32,11 +32,17 @@ BASE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 's
 # Relaxations a few pages need, and nothing more:
 #  terminal: xterm.js creates <style> elements (they get a per-response nonce through style-nonce.js)
 #            and sets style attributes on cells; no script is relaxed.
+#  view:     a rendered dataset page needs no script, no connection and no form: only our stylesheet,
+#            one nonce'd <style> carrying the watermark tile, and data: images (the tile, a rendered image).
+#            Nothing of the page can be fetched again (no image or script URL to replay).
 #  player:   asciinema-player runs its terminal emulator as WebAssembly ('wasm-unsafe-eval' allows
 #            WebAssembly compilation only, not JavaScript eval).
 EXTRA_CSP = {
     "terminal": lambda nonce: BASE_CSP.replace("style-src 'self'", f"style-src 'self' 'nonce-{nonce}'")
     + "; style-src-attr 'unsafe-inline'",
+    "view": lambda nonce: (f"default-src 'none'; script-src 'none'; style-src 'self' 'nonce-{nonce}'; "
+                           "img-src data:; connect-src 'none'; font-src 'none'; form-action 'none'; "
+                           "frame-ancestors 'none'; base-uri 'none'"),
     "player": lambda nonce: BASE_CSP.replace("script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'"),
 }
 

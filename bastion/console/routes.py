@@ -33,6 +33,7 @@ class Route:
     min_level: int = 1              # console sessions below it are sent to step-up
     scope: str = ""                 # API-token scope that may call it ("" = sessions only)
     body: dict[str, Any] | None = None      # JSON schema of the request body (API POSTs)
+    form: dict[str, Any] | None = None      # schema of a multipart/form-data body (streamed uploads)
     params: dict[str, Any] = field(default_factory=dict)  # query parameters: name -> JSON schema
     response: dict[str, Any] | None = None  # JSON schema of a 200 answer
     websocket: bool = False

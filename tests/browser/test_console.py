@@ -6,32 +6,13 @@ import asyncio
 import re
 import threading
 import time
-from urllib.parse import quote
 
 import asyncssh
 import pyotp
-import pytest
 
-from tests.support.browser import VirtualAuthenticator, wait_for, watch
+from tests.support.browser import VirtualAuthenticator, login, url, wait_for, watch
 from tests.support.clients import paramiko_client
 from tests.support.recordings import wait_for_sessions
-
-
-def url(testbed, path: str) -> str:
-    # WebAuthn needs a host name, not an IP address: the console's relying party is "localhost".
-    return f"https://localhost:{testbed.port}{path}"
-
-
-async def login(page, testbed, login, code: str | None = None, level: int = 1, next_path: str = "/"):
-    await page.goto(url(testbed, f"/login?level={level}&next={quote(next_path, safe='/')}"))
-    await page.fill("input[name=username]", login.name)
-    await page.fill("input[name=password]", login.password)
-    await page.click("#password-form button[type=submit]")
-    if code is not None:
-        await page.wait_for_selector("#totp-form:not([hidden])")
-        await page.fill("input[name=code]", code)
-        await page.click("#totp-form button[type=submit]")
-    await page.wait_for_url(url(testbed, next_path))
 
 
 async def register_key(page, testbed, label: str = "my key") -> None:

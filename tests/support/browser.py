@@ -180,3 +180,23 @@ async def wait_for(predicate_js: str, page: Any, timeout_ms: int = TIMEOUT_MS) -
     finally:
         await handle.dispose()
 
+
+def url(testbed: Any, path: str) -> str:
+    # WebAuthn needs a host name, not an IP address: the console's relying party is "localhost".
+    return f"https://localhost:{testbed.port}{path}"
+
+
+async def login(page: Any, testbed: Any, person: Any, code: str | None = None, level: int = 1,
+                next_path: str = "/") -> None:
+    """Password (then TOTP when `code` is given) on the console's login page, until `next_path` shows."""
+    from urllib.parse import quote
+
+    await page.goto(url(testbed, f"/login?level={level}&next={quote(next_path, safe='/')}"))
+    await page.fill("input[name=username]", person.name)
+    await page.fill("input[name=password]", person.password)
+    await page.click("#password-form button[type=submit]")
+    if code is not None:
+        await page.wait_for_selector("#totp-form:not([hidden])")
+        await page.fill("input[name=code]", code)
+        await page.click("#totp-form button[type=submit]")
+    await page.wait_for_url(url(testbed, next_path))

@@ -13,6 +13,7 @@ from bastion.console.app import create_app
 from bastion.console.render import SESSIONS, SERVICES
 from bastion.console.routes import ROUTE_KEY
 from bastion.console.websession import COOKIE
+from bastion.publish.catalog import Catalog
 from bastion.services import Services
 
 # The rule each route must have. Written out by hand on purpose: a new route must be added here.
@@ -64,11 +65,36 @@ EXPECTED = {
     "POST /api/v1/admin/devices": "admin",
     "GET /api/v1/admin/policy": "admin",
     "POST /api/v1/admin/devices/{device_id}/{action}": "admin",
+    # datasets: "user-dataset" is open to users, and the object answers: alice holds a grant on the sample
+    # dataset, everyone else gets the 404 a dataset that does not exist gets.
+    "GET /datasets": "user",
+    "GET /datasets/{dataset}": "user-dataset",
+    "GET /datasets/{dataset}/view": "user-dataset",
+    "GET /datasets/{dataset}/download": "user-dataset",
+    "GET /api/v1/datasets": "user",
+    "GET /api/v1/datasets/{dataset}": "user-dataset",
+    "GET /api/v1/datasets/{dataset}/view": "user-dataset",
+    "GET /api/v1/datasets/{dataset}/download": "user-dataset",
+    "POST /api/v1/datasets/{dataset}/request": "user-dataset",
+    "GET /dataset-requests": "user",
+    "GET /api/v1/dataset-requests": "user",
+    "POST /api/v1/dataset-requests/{request_id}/decide": "user-object",
+    "GET /admin/datasets": "admin",
+    "GET /admin/datasets/{dataset}": "admin",
+    "GET /api/v1/admin/datasets": "admin",
+    "POST /api/v1/admin/datasets": "admin",
+    "GET /api/v1/admin/datasets/{dataset}": "admin",
+    "POST /api/v1/admin/datasets/{dataset}/versions": "admin",
+    "POST /api/v1/admin/datasets/{dataset}/publish": "admin",
+    "POST /api/v1/admin/datasets/{dataset}/unpublish": "admin",
+    "POST /api/v1/admin/datasets/{dataset}/grants": "admin",
+    "POST /api/v1/admin/dataset-grants/{grant_id}/revoke": "admin",
 }
 CALLERS = ["anonymous", "login", "user", "other", "auditor", "admin"]
 SESSION_ID = "00000000-0000-4000-8000-000000000001"
 SAMPLES = {"path": "console.css", "target": "web01", "account": "root", "session_id": SESSION_ID, "name": "alice",
-           "action": "unlock", "grant_id": "1", "device_id": "1", "token": "not-a-real-approval-token"}
+           "action": "unlock", "grant_id": "1", "device_id": "1", "token": "not-a-real-approval-token",
+           "dataset": "report", "request_id": "1"}
 
 
 def concrete(path: str) -> str:
@@ -99,6 +125,14 @@ async def console(database_url, tmp_path):
         ids[name] = (await admin.add_user(name, roles=roles, password=f"correct-horse-{name}-battery"))
     await admin.add_grant(user="alice", target="web01", account="root", actions=["shell"])
     await admin.add_grant(user="bob", target="db01", account="root", actions=["shell"])
+    # A published dataset only alice holds grants on: downloads, and downloads that need an approval.
+    source = tmp_path / "report.csv"
+    source.write_text("city,count\nBern,3\n")
+    catalog = Catalog.from_services(services, actor="test")
+    await catalog.add("report", source)
+    await catalog.publish("report")
+    await catalog.grant("report", user="alice", mode="download")
+    await catalog.grant("report", user="alice", mode="download-with-approval")
     app = create_app(services.config, services)
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -132,6 +166,8 @@ def test_every_route_has_a_rule():
 
 
 def allowed(rule: str, caller: str) -> bool:
+    if rule == "user-dataset":
+        return caller == "user"  # the only caller holding a grant on the sample dataset
     base = rule.removesuffix("-ws").removesuffix("-object")
     if base == "public":
         return True
@@ -199,4 +235,4 @@ async def _first_message(client, path: str, headers: dict) -> str:
 
 def _handler_404(path: str, status: int) -> bool:
     # Objects that do not exist in the fixture answer 404 from the handler itself.
-    return status == 404 and any(f"{{{name}" in path for name in ("session_id", "device_id", "grant_id", "token"))
+    return status == 404 and any(f"{{{name}" in path for name in ("session_id", "device_id", "grant_id", "token", "request_id"))
