@@ -50,6 +50,39 @@ async def _provision(services: Any, target_host: str, target_port: int, host_key
             await admin.add_grant(user=name, target="web01", account=login, actions=actions.split(","))
 
 
+def _demo_customers(path: Path) -> Path:
+    """A small CSV of made-up customers whose ID, phone and card numbers are valid in form (so `pii` masks them)."""
+    from bastion.publish.masking import id_check_char, luhn_valid
+
+    def card(prefix: str) -> str:
+        return next(prefix + f"{n:03d}" + str(c) for n in range(1000) for c in range(10)
+                    if luhn_valid(prefix + f"{n:03d}" + str(c)))
+
+    rows = ["name,id_number,mobile,card,city,note"]
+    for i, (name, city) in enumerate([("Zhang Wei", "Beijing"), ("Li Na", "Shanghai"), ("Wang Fang", "Shenzhen"),
+                                      ("Chen Jie", "Hangzhou"), ("Liu Yang", "Chengdu")]):
+        first17 = f"110105198{i}{i + 1:02d}{10 + i:02d}12{i}"  # region, birth date YYYYMMDD, sequence
+        rows.append(f"{name},{first17}{id_check_char(first17)},1381234{5670 + i},{card(f'62220215{i}0123')},"
+                    f"{city},contact {name.split()[0].lower()}{i}@example.com")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+async def _provision_dataset(services: Any, data_dir: Path) -> None:
+    """Dataset `customers`: alice may view it masked (pii), bob may download it."""
+    from bastion.publish.catalog import Catalog
+
+    catalog = Catalog.from_services(services, actor="demo")
+    if any(d["name"] == "customers" for d in await catalog.list()):
+        return
+    await catalog.add("customers", _demo_customers(data_dir / "demo-dataset" / "customers.csv"), "internal",
+                      "made-up customers for the demo")
+    await catalog.publish("customers")
+    await catalog.grant("customers", user="alice", mode="view", mask="pii")
+    await catalog.grant("customers", user="bob", mode="download", max_downloads=5)
+
+
 async def run_demo(data_dir: Path, listen: str,
                    serve: Callable[[Any, Callable[[tuple[str, int]], None]], Awaitable[int]]) -> int:
     from bastion.services import Services
@@ -80,6 +113,7 @@ async def run_demo(data_dir: Path, listen: str,
         services = await Services.open(config)
         try:
             await _provision(services, host, port, host_key, login, authorize, creds)
+            await _provision_dataset(services, data_dir)
         finally:
             await services.close()
         if embedded is not None:
@@ -110,6 +144,9 @@ Try:
   export BASTION_DATA_DIR={data_dir}
   bastion sessions list
   bastion recording export SESSION_ID -o s.cast && asciinema play s.cast
+
+Published dataset 'customers': alice views it masked at https://localhost:{gw_port}/datasets,
+bob downloads it there or with:  sftp -P {gw_port} 'bob#datasets@{gw_host}'
 Stop with Ctrl-C.""", flush=True)
 
         return await serve(config, announce)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bastion.localsshd import find_sshd
-from tests.support.clients import Login, scp, ssh
+from tests.support.clients import Login, paramiko_client, scp, ssh
 
 
 def test_demo_starts_a_target_and_the_printed_logins_work(tmp_path):
@@ -40,6 +40,18 @@ def test_demo_starts_a_target_and_the_printed_logins_work(tmp_path):
         dest = f"/tmp/bastion-demo-{os.getpid()}.txt"
         refused = scp(port, Login("bob", password=passwords["bob"]), str(source), f"bob#web01@127.0.0.1:{dest}")
         assert refused.returncode != 0 and not os.path.exists(dest)
+        # Refused by the SFTP filter after a good login, not at authentication ("Permission denied (methods)").
+        assert b"Permission denied" in refused.stderr and b"Permission denied (" not in refused.stderr
+        # The printed dataset command: bob downloads the published demo dataset over SFTP.
+        assert f"sftp -P {port} 'bob#datasets@127.0.0.1'" in text
+        fetched = tmp_path / "customers.csv"
+        # paramiko: the OpenSSH sftp client in batch mode does not ask for passwords.
+        client = paramiko_client(port, Login("bob", password=passwords["bob"]), "bob#datasets")
+        try:
+            client.open_sftp().get("/customers/customers.csv", str(fetched))
+        finally:
+            client.close()
+        assert fetched.read_bytes() == (data / "demo-dataset" / "customers.csv").read_bytes()
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
