@@ -40,9 +40,11 @@ class Mode:
     bulk_runs: int
     keys: int
     setup_runs: int
+    sessions: int
+    session_seconds: float
 
 
-MODES = {"quick": Mode(256 << 20, 3, 500, 8), "full": Mode(1 << 30, 5, 2000, 20)}
+MODES = {"quick": Mode(256 << 20, 3, 500, 8, 200, 10.0), "full": Mode(1 << 30, 5, 2000, 20, 1000, 30.0)}
 REPLAY_MEGABYTES = {"quick": 10, "full": 100}
 
 
@@ -135,7 +137,8 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None]], replay: object) -> str:
+def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None]], replay: object,
+           concurrency: dict[str, float]) -> str:
     from bench import replay_seek
 
     names = list(results)
@@ -184,6 +187,17 @@ def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None
         "time through `stty raw -echo; cat` in a PTY). The bulk file is base64 text (random bytes encoded: "
         "text that compresses poorly, like a dump of encoded data); every run checks the byte count.", "",
         *table, "",
+        f"Concurrency (`python -m bench.concurrency --sessions {mode.sessions} --seconds {mode.session_seconds:g}`): "
+        f"{mode.sessions} interactive sessions through the gateway (recording on) to a light asyncssh echo "
+        "server in a process of its own (bench/echo_target.py), each typing 5 keys a second; the asyncssh "
+        "client driving all of them runs on the same 2 cores.", "",
+        "| concurrency figure | value | target |", "|---|---|---|",
+        f"| sessions connected / errors | {concurrency['connected']} / {concurrency['errors']} | all, no errors |",
+        f"| keys echoed | {concurrency['keys']} | {int(mode.sessions * 5 * mode.session_seconds)} offered |",
+        f"| echo p50 / p99, ms | {concurrency['p50_ms']:.1f} / {concurrency['p99_ms']:.1f} | p99 < 50 ms |",
+        f"| gateway RSS before / with all sessions, MiB | {concurrency['rss_before_mib']:.1f} / "
+        f"{concurrency['rss_loaded_mib']:.1f} | |",
+        f"| gateway memory per session, KiB | {concurrency['kib_per_session']:.0f} | <= 1024 |", "",
         f"Replay of a one-hour session with {REPLAY_MEGABYTES[mode_name]} MiB of output (`python -m bench.replay_seek "
         f"--megabytes {REPLAY_MEGABYTES[mode_name]}`): keyframes are built once after the session, in a process of "
         "their own; start and jump are what the server does before a player can draw.", "",
@@ -252,11 +266,13 @@ def main() -> int:
         for daemon in reversed(started):
             daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
-    from bench import replay_seek
+    from bench import concurrency, replay_seek
 
+    print(f"[concurrency] {mode.sessions} sessions x {mode.session_seconds:g} s", flush=True)
+    sessions = concurrency.measure(mode.sessions, mode.session_seconds)
     print(f"[replay] one hour, {REPLAY_MEGABYTES[mode_name]} MiB of output", flush=True)
     replay = asyncio.run(replay_seek.measure(REPLAY_MEGABYTES[mode_name]))
-    text = report(mode_name, mode, results, replay)
+    text = report(mode_name, mode, results, replay, sessions)
     Path(args.out).write_text(text)
     print(text)
     return 0

@@ -7,7 +7,7 @@ import errno
 import hashlib
 import json
 import os
-import time
+from time import monotonic
 import zlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -82,7 +82,7 @@ class ChunkWriter:
         # One fdatasync per interval, not per write job: under bulk output jobs come every few
         # milliseconds and a sync each would cost more than the sealing itself.
         self._sync_interval = sync_interval
-        self._synced_at = time.monotonic()
+        self._synced_at = monotonic()
         self._prev_hash = hashlib.sha256(preamble).digest()  # chunk 0 links to the preamble
         self._size = len(preamble)
         # Per direction, so a multibyte character split across reads (or chunks) survives.
@@ -139,7 +139,7 @@ class ChunkWriter:
         return self.state
 
     def _sync_if_due(self, fd: int) -> None:
-        now = time.monotonic()
+        now = monotonic()
         if now - self._synced_at >= self._sync_interval:
             os.fdatasync(fd)
             self._synced_at = now

@@ -1,0 +1,159 @@
+"""Many concurrent interactive sessions through the gateway, each typing 5 keys a second.
+
+The target is bench/echo_target.py (a light asyncssh echo server in a process of its own); the
+gateway records every session as usual. Reports echo latency percentiles, errors, and the gateway's
+memory per session (RSS with all sessions open minus RSS before, divided by the sessions).
+
+Run: `python -m bench.concurrency --sessions 1000 [--seconds 30]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bastion.datadir import init_data_dir  # noqa: E402
+from tests.support.gateway import Directory, GatewayProcess  # noqa: E402
+from tests.support.memory import status_kib  # noqa: E402
+
+KEYS_PER_SECOND = 5
+CONNECT_CONCURRENCY = 16
+
+
+@dataclass
+class Outcome:
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    connected: int = 0
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set of a process and its children (the gateway may run helper processes)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return sum(status_kib(each, "VmRSS") for each in [pid, *map(int, children)])
+
+
+async def _session(port: int, key: asyncssh.SSHKey, index: int, ready: asyncio.Semaphore,
+                   connected: asyncio.Event, start_typing: asyncio.Event, stop: asyncio.Event,
+                   outcome: Outcome) -> None:
+    try:
+        async with ready:
+            conn = await asyncio.wait_for(asyncssh.connect(
+                "127.0.0.1", port, username="bench:echo", client_keys=[key], known_hosts=None, agent_path=None,
+                config=None, encryption_algs=["aes128-gcm@openssh.com"]), 60)
+            process = await conn.create_process(term_type="xterm", encoding=None)
+        outcome.connected += 1
+        connected.set()
+        await start_typing.wait()
+        await asyncio.sleep(random.random() / KEYS_PER_SECOND)  # spread the sessions over the interval
+        key_byte = bytes([97 + index % 26])
+        while not stop.is_set():
+            sent = time.perf_counter()
+            process.stdin.write(key_byte)
+            got = await asyncio.wait_for(process.stdout.read(1), 10)
+            if got != key_byte:
+                raise RuntimeError(f"echo returned {got!r}")
+            elapsed = time.perf_counter() - sent
+            outcome.latencies.append(elapsed)
+            await asyncio.sleep(max(0.0, 1 / KEYS_PER_SECOND - elapsed))
+        process.stdin.write_eof()
+        conn.close()
+    except Exception as exc:  # counted and reported, never hidden
+        outcome.errors.append(f"session {index}: {type(exc).__name__}: {exc}"[:200])
+
+
+async def drive(port: int, key_path: Path, sessions: int, seconds: float, gateway_pid: int) -> dict[str, float]:
+    key = asyncssh.read_private_key(str(key_path))
+    outcome = Outcome()
+    ready = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    start_typing, stop = asyncio.Event(), asyncio.Event()
+    connected = asyncio.Event()
+    baseline = rss_kib(gateway_pid)
+    began = time.perf_counter()
+    tasks = [asyncio.create_task(_session(port, key, i, ready, connected, start_typing, stop, outcome))
+             for i in range(sessions)]
+    while outcome.connected + len(outcome.errors) < sessions:
+        await asyncio.sleep(0.5)
+        if time.perf_counter() - began > 600:
+            break
+    setup_seconds = time.perf_counter() - began
+    await asyncio.sleep(2)
+    loaded = rss_kib(gateway_pid)
+    start_typing.set()
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait(tasks, timeout=30)
+    ordered = sorted(outcome.latencies)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p / 100 * (len(ordered) - 1)))] * 1e3 if ordered else float("nan")
+
+    for message in outcome.errors[:5]:
+        print("  error:", message, flush=True)
+    return {"sessions": sessions, "connected": outcome.connected, "errors": len(outcome.errors),
+            "keys": len(ordered), "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": pct(100),
+            "setup_s": setup_seconds, "rss_before_mib": baseline / 1024, "rss_loaded_mib": loaded / 1024,
+            "kib_per_session": (loaded - baseline) / max(1, outcome.connected)}
+
+
+def measure(sessions: int, seconds: float) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="bastion-conc-"))
+    echo = gateway = None
+    try:
+        key = work / "id"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        host_key = work / "echo_host"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+        echo = subprocess.Popen([sys.executable, "-m", "bench.echo_target", str(host_key)], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+        assert echo.stdout is not None
+        echo_port = int(echo.stdout.readline())
+        data_dir = work / "data"
+        asyncio.run(init_data_dir(data_dir, listen="127.0.0.1:0"))
+        directory = Directory(data_dir)
+        admin = directory.admin()
+        admin.add_target("echo", "127.0.0.1", echo_port, host_key.with_suffix(".pub").read_text())
+        admin.add_account("echo", "bench", generate=True)
+        admin.add_user("bench", ssh_keys=[key.with_suffix(".pub").read_text()])
+        admin.add_grant(user="bench", target="echo", account="bench", actions=["shell"])
+        directory.close()
+        gateway = GatewayProcess(data_dir).start()
+        assert gateway.process is not None
+        return asyncio.run(drive(gateway.port, key, sessions, seconds, gateway.process.pid))
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        if echo is not None:
+            echo.kill()
+            echo.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    result = measure(args.sessions, args.seconds)
+    for name, value in result.items():
+        print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
