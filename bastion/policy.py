@@ -459,7 +459,9 @@ def decide_dataset(identity: Identity, facts: DatasetFacts, action: str, now: dt
         if facts.bytes_per_day and facts.bytes_today >= facts.bytes_per_day:
             return Deny("daily download limit reached")
     else:
-        usable = current  # any grant that lets one download also lets one look
+        # A download grant also lets one look; an approval-gated one only once approved (else its unmasked
+        # pages would hand out, row by row, what the approval guards, and outrank a masked view grant).
+        usable = [g for g in current if g.mode != "download-with-approval" or g.approved_request is not None]
         if facts.rows_per_day and facts.rows_today >= facts.rows_per_day:
             return Deny("daily view limit reached")
     if not usable:

@@ -8,6 +8,8 @@ answer exactly like a dataset that does not exist.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import secrets
@@ -22,7 +24,7 @@ from bastion.errors import UsageError
 from bastion.policy import DatasetAuthorization, require_minted
 from bastion.publish import render
 from bastion.publish.blobs import BlobReader, BlobStore, in_thread
-from bastion.publish.errors import BlobError, Refused
+from bastion.publish.errors import BlobError, Refused, RenderError
 from bastion.publish.paths import check_relpath
 from bastion.store.models import DailyUsage, Dataset, DatasetFile, DatasetGrant, DownloadRequest, User
 
@@ -118,6 +120,18 @@ async def _current(db: AsyncSession, authorization: DatasetAuthorization, now: d
     return dataset, user
 
 
+async def _approval_still_open(db: AsyncSession, authorization: DatasetAuthorization, user: User,
+                               now: dt.datetime) -> None:
+    """A view under an approval-gated grant holds only while its approval is unused and unexpired."""
+    grant = await db.get(DatasetGrant, authorization.grant_id)
+    if grant is None or grant.mode != "download-with-approval":
+        return
+    request = await db.get(DownloadRequest, authorization.request_id) if authorization.request_id else None
+    if request is None or request.grant_id != grant.id or request.user_id != user.id \
+            or request.status != "approved" or (request.expires_at is not None and now >= request.expires_at):
+        raise Refused("approval missing, expired or already used")
+
+
 async def _file(db: AsyncSession, dataset: Dataset, path: str | None) -> DatasetFile:
     query = select(DatasetFile).where(DatasetFile.dataset_id == dataset.id,
                                       DatasetFile.version == dataset.current_version)
@@ -194,6 +208,36 @@ async def _alert(services: Any, authorization: DatasetAuthorization, kind: str, 
 
 # --- view ------------------------------------------------------------------------------------------------
 
+# Rendering decrypts and parses in a thread and may scan far into a big file: at most this many at once
+# over the whole gateway, and one at a time per user, so no one can starve the others (SSH included).
+MAX_RENDERS = 2
+RENDER_WAIT = 30.0
+_renders: asyncio.Semaphore | None = None
+_rendering_users: set[int] = set()
+
+
+@contextlib.asynccontextmanager
+async def _render_slot(user_id: int) -> AsyncIterator[None]:
+    global _renders
+    if user_id in _rendering_users:
+        raise UsageError("another view of yours is still being prepared; try again when it is shown")
+    if _renders is None:
+        _renders = asyncio.Semaphore(MAX_RENDERS)
+    _rendering_users.add(user_id)
+    try:
+        try:
+            async with asyncio.timeout(RENDER_WAIT):
+                await _renders.acquire()
+        except TimeoutError:
+            raise UsageError("the viewer is busy; try again in a moment") from None
+        try:
+            yield
+        finally:
+            _renders.release()
+    finally:
+        _rendering_users.discard(user_id)
+
+
 
 def _render(kind: str, reader: BlobReader, media_type: str, page: int, per_page: int, mask: str,
             mark: str) -> dict[str, Any]:
@@ -221,6 +265,7 @@ async def view(services: Any, authorization: DatasetAuthorization, path: str | N
     clean = _path(path)
     async with services.db() as db:
         dataset, user = await _current(db, authorization, now)
+        await _approval_still_open(db, authorization, user, now)
         file = await _file(db, dataset, clean)
     identity, mask = authorization.identity, authorization.mask
     view_id = secrets.token_hex(4)
@@ -236,12 +281,17 @@ async def view(services: Any, authorization: DatasetAuthorization, path: str | N
     elif kind == render.NONE:
         result = replace(result, notice=_NO_VIEWER)
     else:
-        reader = await BlobStore.from_services(services).open(file.sha256)
-        try:
-            result = replace(result, **await in_thread(_render, kind, reader, file.media_type, page, per_page,
-                                                       mask, mark))
-        finally:
-            reader.close()
+        async with _render_slot(user.id):
+            reader = await BlobStore.from_services(services).open(file.sha256)
+            try:
+                result = replace(result, **await in_thread(_render, kind, reader, file.media_type, page, per_page,
+                                                           mask, mark))
+            except RenderError:
+                # A failed render (a page too deep, a damaged file) did the work too: it costs a row.
+                await _account_rows(services, authorization, user.id, replace(result, kind=render.NONE), now)
+                raise
+            finally:
+                reader.close()
         result = await _account_rows(services, authorization, user.id, result, now)
     if mark and result.kind in (render.TABLE, render.TEXT):
         result = replace(result, watermark_png=await in_thread(render.watermark_png, mark))
@@ -256,10 +306,9 @@ async def _account_rows(services: Any, authorization: DatasetAuthorization, user
                         now: dt.datetime) -> ViewResult:
     """Count the rows (table rows, text lines; an image counts one) against the daily limit; shorten the
     page to what is left, refuse when nothing is."""
-    shown = len(result.rows) if result.kind == render.TABLE else len(result.lines) if result.kind == render.TEXT \
-        else 1
-    if shown == 0:
-        return result
+    # Every render costs at least one row, so pages past the end cannot scan a file for free all day.
+    shown = max(1, len(result.rows) if result.kind == render.TABLE else len(result.lines)
+                if result.kind == render.TEXT else 1)
     limit, day = services.config["publish.rows_per_day"], _day(now)
     async with services.db() as db, db.begin():
         granted, after = await _charge(db, user_id, day, "rows_viewed", shown, limit, partial=True)

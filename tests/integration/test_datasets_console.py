@@ -259,14 +259,17 @@ async def test_every_refusal_is_the_404_of_a_missing_dataset(bed):
                 status, missing, missing_headers = await console.get(f"{prefix}never-existed{suffix}")
                 assert status == 404
                 assert (await console.get(f"{prefix}ref-ok{suffix}"))[0] == 200
-                for name in refused + (["ref-used", "ref-approval"] if suffix == "/download" else []):
+                # an approval grant shows nothing before its approval: no view, no download
+                extra = {"/download": ["ref-used", "ref-approval"], "/view": ["ref-approval"]}.get(suffix, [])
+                for name in refused + extra:
                     status, text, headers = await console.get(f"{prefix}{name}{suffix}")
                     assert (status, text, _comparable(headers)) == (404, missing, _comparable(missing_headers)), \
                         (name, suffix, prefix)
-        # a download started from another site is refused the same way (fetch metadata)
-        status, text, headers = await console.get("/datasets/ref-ok/download",
-                                                  headers={"Sec-Fetch-Site": "cross-site"})
-        assert (status, text) == (404, (await console.get("/datasets/never-existed/download"))[1])
+        # a view or download started from another site (even of the same domain) is refused the same way
+        for suffix in ("/view", "/download"):
+            for site in ("cross-site", "same-site"):
+                status, text, headers = await console.get(f"/datasets/ref-ok{suffix}", headers={"Sec-Fetch-Site": site})
+                assert (status, text) == (404, (await console.get(f"/datasets/never-existed{suffix}"))[1]), (suffix, site)
         # the listing holds only what may be opened
         _, text, _ = await console.get("/api/v1/datasets")
         listed = {d["name"]: d for d in json.loads(text)}

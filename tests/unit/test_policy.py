@@ -154,6 +154,15 @@ def test_download_quota_and_approval():
     assert isinstance(allowed, AllowDataset) and allowed.authorization.request_id == 5
 
 
+def test_an_approval_grant_shows_nothing_until_approved_and_never_outranks_a_masked_view():
+    waiting = dgrant(2, mode="download-with-approval")
+    assert isinstance(decide_dataset(ALICE, dfacts([waiting]), "view", NOW), Deny)
+    view = decide_dataset(ALICE, dfacts([dgrant(1, mask="pii"), waiting]), "view", NOW)
+    assert isinstance(view, AllowDataset) and (view.authorization.grant_id, view.authorization.mask) == (1, "pii")
+    approved = decide_dataset(ALICE, dfacts([dgrant(2, mode="download-with-approval", approved=7)]), "view", NOW)
+    assert isinstance(approved, AllowDataset)
+
+
 def test_classification_and_grant_levels_demand_step_up():
     assert decide_dataset(ALICE, dfacts([dgrant()], level=2), "view", NOW) == StepUp(2)
     assert decide_dataset(ALICE, dfacts([dgrant(level=3)]), "view", NOW) == StepUp(3)

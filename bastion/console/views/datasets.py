@@ -153,6 +153,10 @@ async def _dataset(request: web.Request) -> dict[str, Any]:
 
 async def _view(request: web.Request) -> access.ViewResult | str:
     """One rendered page, or the safe message of a file that cannot be shown."""
+    # Like downloads: a view counts against the daily rows and is audited in the viewer's name, so only
+    # our own pages (or the address bar) may cause one, not an <img> on another site of the same domain.
+    if request.headers.get("Sec-Fetch-Site", "none") not in FETCH_SITES:
+        raise _missing()
     name, path, page = request.match_info["dataset"], _path(request), _page(request)
     authorization = await _authorize(request, name, "view")
     try:

@@ -4,9 +4,11 @@ daily limits with shortened pages and alerts; authorizations the policy did not 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import threading
 
 import pytest
 from sqlalchemy import select, update
@@ -17,7 +19,7 @@ from bastion.policy import AllowDataset, DatasetAuthorization, DatasetFacts, Dat
     decide_dataset
 from bastion.publish import access
 from bastion.publish.catalog import Catalog
-from bastion.publish.errors import NO_SUCH_DATASET, Refused
+from bastion.publish.errors import NO_SUCH_DATASET, Refused, RenderError
 from bastion.store.models import AuditEvent, DailyUsage, Dataset, DatasetGrant, DownloadRequest, User
 
 from .conftest import audit_events, authorize
@@ -85,8 +87,10 @@ STATES = ["published", "unpublished", "scheduled", "window_expired", "grant_expi
 
 
 def expected(mode: str, state: str, action: str) -> bool:
-    if action == "download" and mode in ("view", "unapproved"):
-        return False
+    if mode == "unapproved" or (action == "download" and mode == "view"):
+        return False  # an approval grant shows nothing before its approval
+    if state == "used_up" and mode == "approved":
+        return False  # its one approved download is spent
     return {"published": True, "used_up": action == "view" or mode == "view", "over_rows": action == "download",
             "over_bytes": action == "view"}.get(state, False)
 
@@ -159,13 +163,14 @@ async def test_matrix(make_services, store, csv_file, tmp_path, mode):
         identity = await identity_for(services, user, level=1 if state == "below_level" else 2)
         before = await decisions(services, identity, name)
         if state == "below_level":
-            assert before["view"].__class__.__name__ == "StepUp" and before["view"].level == 2, before
+            if mode != "unapproved":
+                assert before["view"].__class__.__name__ == "StepUp" and before["view"].level == 2, before
             assert not isinstance(before["download"], AllowDataset)
             if mode in ("download", "approved"):
                 assert before["download"].__class__.__name__ == "StepUp"
             continue
         for action in ("view", "download"):
-            allowed_now = action == "view" or mode in ("download", "approved")
+            allowed_now = (action == "view" and mode != "unapproved") or mode in ("download", "approved")
             assert isinstance(before[action], AllowDataset) == allowed_now, (mode, state, action, before[action])
         await apply_state(state, services, catalog, store, name, grant["id"], user, identity)
         for action in ("view", "download"):
@@ -432,6 +437,57 @@ async def test_daily_rows_shorten_a_page_then_refuse_and_alert(world):
     assert len((await access.view(services, await authorize(services, alice, "ds"))).rows) == 10
 
 
+async def rows_today(services, name: str) -> int:
+    async with services.db() as db:
+        user_id = (await db.execute(select(User.id).where(User.name == name))).scalar_one()
+        row = await db.get(DailyUsage, (user_id, DAY))
+    return row.rows_viewed if row else 0
+
+
+async def test_pages_past_the_end_and_failed_renders_still_cost_a_row(world, tmp_path):
+    services, catalog = world, world.catalog
+    await catalog.grant("ds", user="alice", mode="view")
+    auth = await authorize(services, await identity_for(services, "alice"), "ds")
+    empty = await access.view(services, auth, page=99)
+    assert empty.rows == () and empty.rows_viewed == 1 and await rows_today(services, "alice") == 1
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    await catalog.update("ds", broken)
+    auth = await authorize(services, await identity_for(services, "alice"), "ds")
+    with pytest.raises(RenderError):
+        await access.view(services, auth, "broken.png")
+    assert await rows_today(services, "alice") == 2
+
+
+async def test_one_render_at_a_time_per_user(world, monkeypatch):
+    services, catalog = world, world.catalog
+    await catalog.grant("ds", group="analysts", mode="view")
+    started, release = asyncio.Event(), threading.Event()
+    real = access._render
+
+    def slow(*args):
+        loop.call_soon_threadsafe(started.set)
+        release.wait(10)
+        return real(*args)
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(access, "_render", slow)
+    alice_auth = await authorize(services, await identity_for(services, "alice"), "ds")
+    first = asyncio.create_task(access.view(services, alice_auth))
+    await asyncio.wait_for(started.wait(), 10)
+    try:
+        with pytest.raises(UsageError, match="still being prepared"):
+            await access.view(services, alice_auth, page=2)
+        bob = asyncio.create_task(access.view(services, await authorize(services, await identity_for(services, "bob"),
+                                                                         "ds")))
+        await asyncio.sleep(0.05)
+        assert not bob.done()  # another user is not refused; bob waits for a render slot or renders
+    finally:
+        release.set()
+    assert len((await first).rows) == 10 and len((await bob).rows) == 10
+    assert len((await access.view(services, alice_auth, page=2)).rows) == 10  # the slot is free again
+
+
 async def test_daily_bytes_refuse_and_alert(world):
     services, catalog = world, world.catalog
     await catalog.grant("ds", user="alice", mode="download")
@@ -488,7 +544,9 @@ async def test_granted_datasets_lists_only_what_is_visible(world, csv_file):
     alice = await identity_for(services, "alice")
     listed = await services.policy.granted_datasets(alice, services.clock.now())
     assert [(d.name, d.download_mode) for d in listed] == [("ds", "download-with-approval"), ("viewonly", None)]
-    assert all(isinstance(d.view, AllowDataset) and not isinstance(d.download, AllowDataset) for d in listed)
+    # listed so the approval can be asked for, but nothing shown or served before it is given
+    assert [isinstance(d.view, AllowDataset) for d in listed] == [False, True]
+    assert not any(isinstance(d.download, AllowDataset) for d in listed)
     await services.catalog.request_download("alice", "ds")
     carol = await identity_for(services, "carol")
     assert await services.policy.granted_datasets(carol, services.clock.now()) == []
