@@ -249,7 +249,8 @@ def _render(kind: str, reader: BlobReader, media_type: str, page: int, per_page:
                 "masked_columns": table.masked_columns, "encoding": table.encoding}
     if kind == render.TEXT:
         text = render.text_page(reader, size=reader.size, page=page, per_page=per_page, mask=mask,
-                                json_pretty=media_type == "application/json")
+                                json_pretty=media_type == "application/json",
+                                ndjson=media_type == "application/x-ndjson")
         return {"lines": text.lines, "has_next": text.has_next, "encoding": text.encoding}
     image = render.render_image(reader, watermark=mark or None)
     return {"image": image.data, "image_type": image.media_type, "width": image.width, "height": image.height}

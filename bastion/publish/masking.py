@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from typing import Sequence
 
@@ -193,3 +194,24 @@ def mask_row(row: Sequence[str], columns: dict[int, str], profile: str = "pii") 
         return tuple(row)
     return tuple(mask_name(cell) if columns.get(i) == NAME else mask_value(cell) if i in columns
                  else mask_text(cell, profile) for i, cell in enumerate(row))
+
+
+def mask_json(document: object, profile: str = "pii", kind: str | None = None) -> object:
+    """A parsed JSON document with values under sensitive keys masked whole (like sensitive columns), and
+    free-text masking on every other string, key and number. A sensitive key masks everything below it."""
+    if profile == "none":
+        return document
+    if isinstance(document, dict):
+        return {mask_text(str(key), profile): mask_json(value, profile, kind or column_kind(str(key)))
+                for key, value in document.items()}
+    if isinstance(document, list):
+        return [mask_json(item, profile, kind) for item in document]
+    if isinstance(document, bool) or document is None:
+        return document
+    text = document if isinstance(document, str) else json.dumps(document)
+    if kind == NAME:
+        return mask_name(text)
+    if kind is not None:
+        return mask_value(text)
+    masked = mask_text(text, profile)
+    return document if masked == text else masked

@@ -296,21 +296,69 @@ def _wrap(line: str, width: int) -> list[str]:
     return [line[i:i + width] for i in range(0, len(line), width)] or [""]
 
 
+def _masked_json_line(line: str, mask: str) -> str | None:
+    """One NDJSON record with sensitive keys masked, or None when the line is not a JSON document."""
+    try:
+        document = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return json.dumps(masking.mask_json(document, mask), ensure_ascii=False)
+
+
+def _ndjson_page(raw: BinaryIO, encoding: str, start: int, per_page: int, mask: str, limits: Limits) -> TextPage:
+    """NDJSON under a mask: each whole record masked by its keys, then wrapped for display. A record too
+    long to parse is masked whole, piece by piece (its keys cannot be seen, so nothing of it is trusted)."""
+    text = _text(raw, encoding, "replace", None)
+    lines: list[str] = []
+    index, has_next, continuing = 0, False, False
+    try:
+        while not has_next and (record := text.readline(limits.max_json_pretty + 1)):
+            whole = not continuing and (record.endswith("\n") or len(record) <= limits.max_json_pretty)
+            continuing = not record.endswith("\n")
+            record = record.rstrip("\n")
+            masked = _masked_json_line(record, mask) if whole else None
+            if masked is None:
+                masked = masking.mask_text(record, mask) if whole else masking.mask_value(record)
+            for piece in _wrap(masked, limits.text_line_chars):
+                if index >= start + per_page:
+                    has_next = True
+                    break
+                if index >= start:
+                    lines.append(piece)
+                index += 1
+            if index < start and raw.tell() > limits.max_scan_bytes:
+                raise RenderError("this page lies too deep in a very large file to be shown")
+    finally:
+        _release(text)
+    return TextPage(tuple(lines), has_next, encoding)
+
+
 def text_page(raw: BinaryIO, *, size: int, page: int, per_page: int, mask: str = "none", json_pretty: bool = False,
-              limits: Limits = DEFAULT_LIMITS) -> TextPage:
-    """Lines of a text, log or JSON file for one page (long lines wrapped), masked before they leave."""
+              ndjson: bool = False, limits: Limits = DEFAULT_LIMITS) -> TextPage:
+    """Lines of a text, log or JSON file for one page (long lines wrapped), masked before they leave.
+
+    Under a mask, JSON values are masked by their keys too (as table columns are by their headers); a
+    JSON file too large to parse for that is refused rather than shown with free-text masking alone.
+    """
     sample, complete = _sample(raw)
     if not sample:
         raise RenderError("the file is empty: there is nothing to show")
     encoding = sniff_encoding(sample, complete)
     start = (page - 1) * per_page
+    if ndjson and mask != "none":
+        return _ndjson_page(raw, encoding, start, per_page, mask, limits)
+    if json_pretty and mask != "none" and size > limits.max_json_pretty:
+        raise RenderError(f"this JSON file is larger than {limits.max_json_pretty} bytes and cannot be shown masked")
     if json_pretty and size <= limits.max_json_pretty:
         raw.seek(0)
         try:
             document = json.loads(_read(raw, size).decode(encoding))
         except (UnicodeDecodeError, ValueError, RecursionError):
-            document = None  # not valid JSON after all: shown as plain text below
+            document = None  # not valid JSON after all: shown as plain text below (unmasked views only)
+            if mask != "none":
+                raise RenderError("this file is not valid JSON, so it cannot be shown masked") from None
         if document is not None:
+            document = masking.mask_json(document, mask)
             lines = json.dumps(document, indent=2, ensure_ascii=False).splitlines()
             shown = []
             for line in lines[start:start + per_page]:

@@ -368,3 +368,58 @@ def test_no_number_survives_any_wrap_width(parts, width):
     assert len(joined) == len(line) - 1 and all(len(piece) <= width for piece in page.lines)
     for _, (number, _) in parts:
         assert_hidden(number, joined)
+
+
+# --- JSON under a mask: keys mask their values, as headers mask columns ------------------------------------
+
+
+def _json_page(data: bytes, mask: str = "pii", **options) -> list[str]:
+    return list(render.text_page(io.BytesIO(data), size=len(data), page=1, per_page=200, mask=mask,
+                                 **options).lines)
+
+
+PERSON = {"name": "张三", "account": "6228480402564890018", "phone": "010-62345678", "city": "Bern",
+          "nested": {"email": "bob@example.com", "count": 3}, "holder": {"full": "Li Na"}}
+
+
+def test_json_values_under_sensitive_keys_are_masked_whole():
+    shown = "\n".join(_json_page(json.dumps([PERSON], ensure_ascii=False).encode(), json_pretty=True))
+    for secret in ("张三", "6228480402564890018", "010-62345678", "bob@example.com", "Li Na"):
+        assert secret not in shown
+    assert '"name": "张*"' in shown and '"city": "Bern"' in shown and '"count": 3' in shown
+    unmasked = "\n".join(_json_page(json.dumps([PERSON], ensure_ascii=False).encode(), mask="none",
+                                    json_pretty=True))
+    assert "010-62345678" in unmasked and "张三" in unmasked
+
+
+def test_ndjson_records_are_masked_by_key_and_other_lines_as_text():
+    body = "\n".join([json.dumps(PERSON, ensure_ascii=False), "plain 13812345678", "{broken"]).encode()
+    shown = _json_page(body, ndjson=True)
+    assert "张三" not in shown[0] and "010-62345678" not in shown[0] and '"city": "Bern"' in shown[0]
+    assert shown[1] == "plain 138****5678" and shown[2] == "{broken"
+
+
+def test_a_long_ndjson_record_is_masked_by_key_then_wrapped():
+    record = json.dumps({"name": "Zhang Wei", "note": "x" * 5000})
+    shown = _json_page(record.encode(), ndjson=True)
+    assert len(shown) > 1 and not any("Zhang" in line or "Wei" in line for line in shown)
+    assert shown[0].startswith('{"name": "Z**** ***"')
+
+
+def test_an_ndjson_record_too_long_to_parse_is_masked_whole():
+    limits = render.Limits(max_json_pretty=1000)
+    record = json.dumps({"note": "y" * 3000, "name": "Zhang Wei"})
+    body = (record + "\n").encode()
+    shown = list(render.text_page(io.BytesIO(body), size=len(body), page=1, per_page=200, mask="pii",
+                                  ndjson=True, limits=limits).lines)
+    assert shown and not any("Zhang" in line or "Wei" in line or "name" in line for line in shown)
+
+
+def test_json_that_cannot_be_parsed_or_is_too_big_is_refused_under_a_mask():
+    with pytest.raises(RenderError, match="not valid JSON"):
+        _json_page(b'{"name": "Zhang Wei",', json_pretty=True)
+    assert _json_page(b'{"name": "Zhang Wei",', mask="none", json_pretty=True) == ['{"name": "Zhang Wei",']
+    big = json.dumps({"rows": ["a" * 100] * 20_000}).encode()
+    with pytest.raises(RenderError, match="cannot be shown masked"):
+        _json_page(big, json_pretty=True)
+    assert _json_page(big, mask="none", json_pretty=True)
