@@ -13,12 +13,15 @@ STAR = "*"
 # GB 11643-1999: weights 2^(17-i) mod 11, check digit by ISO 7064 MOD 11-2.
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
-# Digits joined by at most one separator ("138 1234-5678", "6222 0212 ..."); an ID may end in X.
-# Spaces and dashes, ASCII and the full-width and typographic ones Chinese text uses ("138　1234　5678").
-SEPARATORS = " -\u00a0\u3000\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d"
+# Digits joined by up to three separators ("138 1234-5678", "6222 0212 ...", "138 - 1234 - 5678"); an ID
+# may end in X. Spaces, dashes, dots, slashes, underscores, commas and tabs, ASCII and the full-width and
+# typographic ones Chinese text uses ("138　1234　5678"), and invisible joiners that display as nothing.
+# Masking an IP address or a long amount along with them is the safe side of this trade.
+SEPARATORS = (" -./_,\t\u00a0\u3000\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d"
+              "\u200b\u200c\u200d\u2060\ufeff")
 _SEPARATORS = SEPARATORS
 _SEP_CLASS = "[" + "".join(re.escape(c) for c in SEPARATORS) + "]"
-_RUN = re.compile(rf"\d(?:{_SEP_CLASS}?\d)*(?:{_SEP_CLASS}?[Xx])?")
+_RUN = re.compile(rf"\d(?:{_SEP_CLASS}{{0,3}}\d)*(?:{_SEP_CLASS}{{0,3}}[Xx])?")
 # A run this long is no single number; masking all of it is cheaper than scanning every window.
 _MAX_RUN_DIGITS = 64
 # E-mail addresses are found from each '@' outwards (a regex scanning for the local part first is quadratic

@@ -345,3 +345,13 @@ async def test_a_pii_view_never_sends_a_sensitive_value(make_services, users, tm
     await catalog.grant("people", user="bob", mode="view")
     plain = await access.view(services, await authorize(services, users["bob"], "people"), "people.csv")
     assert values[0] in " ".join(" ".join(r) for r in plain.rows)
+
+
+@pytest.mark.parametrize("written", ["138.1234.5678", "138  1234  5678", "138 - 1234 - 5678", "138/1234/5678",
+                                     "138_1234_5678", "138\u200b1234\u200b5678", "138,1234,5678",
+                                     "4111.1111.1111.1111", "4111_1111_1111_1111", "4111/1111/1111/1111"])
+def test_numbers_written_with_dots_slashes_underscores_or_invisible_joiners_are_masked(written):
+    shown = mask_text(f"call {written} today")
+    digits = "".join(c for c in written if c.isdigit())
+    assert "".join(c for c in shown if c.isdigit()) != digits and len(shown) == len(written) + 11
+    assert shown.count("*") >= 4
