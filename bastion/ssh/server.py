@@ -90,6 +90,9 @@ class GatewayServer(asyncssh.SSHServer):
         partial, self._partial = self._partial, False
         return partial
 
+    # paramiko asks for the userauth service again before each method (see asyncssh_hooks).
+    accepts_repeated_userauth_service = True
+
     # factors ---------------------------------------------------------------------------------------------
 
     async def begin_auth(self, username: str) -> bool:

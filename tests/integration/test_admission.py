@@ -340,3 +340,38 @@ def test_unknown_and_known_users_cannot_be_told_apart_by_timing(testbed):
     ratio = statistics.median(known_times) / statistics.median(unknown_times)
     # generous: a real difference (a skipped argon2 hash, ~50-150 ms) would show as a ratio of 2 or more
     assert 0.67 < ratio < 1.5, (ratio, known_times, unknown_times)
+
+
+def _paramiko_key_then_totp(testbed, login: Login, code_for) -> "paramiko.Transport":
+    """paramiko's own two-step login: public key (partial success), then keyboard-interactive."""
+    import paramiko
+
+    transport = paramiko.Transport(("127.0.0.1", testbed.port))
+    transport.start_client(timeout=10)
+    key = paramiko.Ed25519Key.from_private_key_file(str(login.key))
+    assert transport.auth_publickey(f"{login.name}:web01", key) == ["keyboard-interactive"]
+    assert not transport.is_authenticated()
+    # paramiko sends a fresh "ssh-userauth" service request before this method, as it does before every one.
+    transport.auth_interactive(f"{login.name}:web01", lambda title, text, prompts: [code_for() for _ in prompts])
+    return transport
+
+
+def test_paramiko_completes_key_then_totp(testbed):
+    alice = testbed.user("exec", key=True, totp=True, min_level=2)
+    transport = _paramiko_key_then_totp(testbed, alice, lambda: pyotp.TOTP(alice.totp_secret).now())
+    try:
+        assert transport.is_authenticated()
+        channel = transport.open_session()
+        channel.exec_command("echo level-two")
+        assert channel.makefile().read() == b"level-two\n"
+    finally:
+        transport.close()
+
+
+def test_paramiko_key_then_a_wrong_code_is_refused(testbed):
+    import paramiko
+
+    alice = testbed.user("exec", key=True, totp=True, min_level=2)
+    with pytest.raises(paramiko.AuthenticationException):
+        _paramiko_key_then_totp(testbed, alice, lambda: "000000" if pyotp.TOTP(alice.totp_secret).now() != "000000"
+                                else "111111").close()
