@@ -153,7 +153,10 @@ def _table_rows(raw: BinaryIO, tsv: bool, limits: Limits) -> Iterator[tuple[str,
     encoding = sniff_encoding(sample, complete)
     delimiter = _delimiter(sample, encoding, tsv)
     text = _text(raw, encoding, "strict", "")
-    reader = csv.reader(_bounded_lines(text, limits.max_line_chars), delimiter=delimiter, strict=True)
+    # TSV has no quoting (IANA text/tab-separated-values): a field starting with '"' is just text there,
+    # and must not swallow the lines after it.
+    quoting = {"quoting": csv.QUOTE_NONE} if tsv else {}
+    reader = csv.reader(_bounded_lines(text, limits.max_line_chars), delimiter=delimiter, strict=True, **quoting)
     width = None
     try:
         for row in reader:

@@ -423,3 +423,9 @@ def test_json_that_cannot_be_parsed_or_is_too_big_is_refused_under_a_mask():
     with pytest.raises(RenderError, match="cannot be shown masked"):
         _json_page(big, json_pretty=True)
     assert _json_page(big, mask="none", json_pretty=True)
+
+
+def test_tsv_has_no_quoting_so_a_quote_never_swallows_following_rows():
+    body = b'id\tnote\n1\t"starts with a quote\n2\tplain\n3\tends" here\n'
+    page = render.table_page(io.BytesIO(body), tsv=True, page=1, per_page=10)
+    assert page.rows == (("1", '"starts with a quote'), ("2", "plain"), ("3", 'ends" here'))
