@@ -21,7 +21,7 @@ from bastion.errors import UsageError
 from bastion.policy import AllowDataset, DatasetAuthorization, StepUp
 from bastion.publish import access
 from bastion.publish.catalog import check_dataset_name
-from bastion.publish.errors import Refused
+from bastion.publish.errors import BlobError, Refused
 from bastion.publish.paths import check_relpath
 from bastion.ssh.virtualpath import render, resolve
 
@@ -248,6 +248,11 @@ class DatasetsSFTPServer(asyncssh.SFTPServer):
                      self.identity.name, exc.reason)
             await self._denied("open for reading", path)
             raise asyncssh.SFTPNoSuchFile(NO_SUCH_FILE) from None
+        except BlobError as exc:
+            # Damaged storage is the operator's to see; the user gets a plain failure without blob names.
+            log.error("datasets: %s/%s cannot be served: %s", dataset.authorization.dataset.name, rel,
+                      exc.safe_message)
+            raise asyncssh.SFTPFailure("the file cannot be read") from None
         handle = _OpenFile(stream, dataset.authorization.dataset.name, rel, size)
         self.open_files.add(handle)
         return handle
@@ -255,7 +260,11 @@ class DatasetsSFTPServer(asyncssh.SFTPServer):
     async def read(self, file_obj: _OpenFile, offset: int, size: int) -> bytes:
         if file_obj.closed:
             raise asyncssh.SFTPFailure("file is closed")
-        data = await file_obj.stream.read_at(offset, min(size, MAX_READ))
+        try:
+            data = await file_obj.stream.read_at(offset, min(size, MAX_READ))
+        except BlobError as exc:
+            log.error("datasets: %s/%s failed while read: %s", file_obj.dataset, file_obj.path, exc.safe_message)
+            raise asyncssh.SFTPFailure("the file cannot be read") from None
         file_obj.served += len(data)
         self.bytes_down += len(data)
         return data

@@ -592,3 +592,39 @@ def test_device_policy_applies_to_the_datasets_login(testbed, tmp_path):
     assert ls_root(testbed, lenient) == [name]
     assert wait_for_audit(testbed, "device.advisory", lenient.name)[0]["target"] == "datasets"
     assert not wait_for_audit(testbed, "session.start", strict.name, timeout=1)
+
+
+def test_damaged_storage_fails_plainly_without_naming_blobs(testbed, tmp_path):
+    alice = user(testbed)
+    name, files = dataset(testbed, tmp_path, b"id,secret\n" + b"1,abc\n" * 2000)
+    grant(testbed, name, alice, max_downloads=100)
+    sha = run_catalog(testbed, "show", name)["files"][0]["sha256"]
+    blob = testbed.data_dir / "blobs" / sha[:2] / sha
+    original = blob.read_bytes()
+
+    def fetch_with_paramiko() -> str:
+        """The server's own failure text (paramiko shows it; OpenSSH's sftp prints only "Failure")."""
+        client = paramiko_client(testbed.port, alice, f"{alice.name}#datasets")
+        try:
+            client.open_sftp().get(f"/{name}/data.csv", str(tmp_path / "got.csv"))
+        except OSError as exc:
+            return str(exc)
+        finally:
+            client.close()
+        raise AssertionError("a damaged file was served")
+
+    try:
+        flipped = bytearray(original)
+        flipped[100] ^= 1  # inside chunk 0: opens fine, fails authentication when read
+        blob.write_bytes(bytes(flipped))
+        result = get(testbed, alice, f"/{name}/data.csv", tmp_path / "flipped.csv")
+        assert result.returncode != 0 and b"Failure" in result.stderr and sha[:12].encode() not in result.stderr
+        message = fetch_with_paramiko()
+        assert "cannot be read" in message and "blob" not in message.lower() and sha[:12] not in message
+        blob.write_bytes(original[:-5])  # truncated: refused when opened, before the download is counted
+        before = catalog_counts(testbed)
+        message = fetch_with_paramiko()
+        assert "cannot be read" in message and "blob" not in message.lower()
+        assert catalog_counts(testbed) == before
+    finally:
+        blob.write_bytes(original)
