@@ -244,12 +244,16 @@ class GatewaySession(asyncssh.SSHServerSession):
         """Raise this login's level in-band (a TOTP prompt in the terminal); None when it cannot."""
         flow = self.server.flow
         flow.demand(level)
-        if levels.TOTP not in flow.can_offer():
+        offers = flow.can_offer()
+        if levels.TOTP not in offers:
+            if self.server._browser_possible(offers) and flow.user is not None:
+                return await self._step_up_in_browser(target, account, level)
             needed = levels.NEEDS[level]
             self._fail(f"bastion: {target} demands authentication level {level}: {needed}.\n"
                        + ("Reconnect with your security key: ssh -i YOUR_SK_KEY "
                           f"{flow.login_name}:{target}@bastion" if level >= 2 else "")
-                       + ("\n(browser approval comes with the web console)" if level >= 3 else ""))
+                       + ("\n(or register a security key in the web console, then approve such steps in "
+                          "the browser)" if level >= 3 else ""))
             return None
         for attempt in range(3):
             self.chan.write(f"{target} needs level {level}. Verification code: ".encode())
@@ -269,6 +273,25 @@ class GatewaySession(asyncssh.SSHServerSession):
                 break
         self._fail("bastion: step-up failed")
         return None
+
+    async def _step_up_in_browser(self, target: str, account: str, level: int):
+        """A one-time link the user opens in the console and approves with a security key (user verified for
+        level 3); the session continues once approved, or ends when the link expires."""
+        flow, approvals = self.server.flow, self.services.approvals
+        token = await approvals.create(flow.user.id, self.server.connection_id, target, level)
+        seconds = int(approvals.lifetime.total_seconds())
+        self.chan.write(f"{target} needs level {level}. Approve with your security key in the browser:\r\n\r\n"
+                        f"  {self.services.public_url}/approve/{token}\r\n\r\n"
+                        f"The link works once, for this session, for {seconds} seconds. Waiting...\r\n".encode())
+        method = await approvals.wait(token, self.server.connection_id, approvals.lifetime.total_seconds())
+        if method is None or await flow.approved_in_browser(method) is not Verdict.ACCEPTED:
+            self._fail("bastion: the step-up was not approved in time")
+            return None
+        identity = flow.identity
+        await self.services.audit.emit(AuditStepUp(actor=identity.name, source=identity.source_addr,
+                                                   target=target, method=method, level=identity.level))
+        self.chan.write(b"approved\r\n")
+        return await self.services.policy.authorize_target(identity, target, account, self.services.clock.now())
 
     async def _read_line(self, secret: bool, limit: int = 64) -> str | None:
         """Read one line typed in the terminal (not echoed when secret); None on Ctrl-C, EOF or timeout."""

@@ -139,6 +139,47 @@ async def test_auditor_terminates_a_live_ssh_session_from_the_browser(page, test
         wait_for_sessions(testbed, alice.name)[0]["end_reason"].startswith("terminated")
 
 
+async def test_menu_step_up_to_level_3_approved_in_the_browser(page, testbed):
+    """From the menu after a password login: the terminal shows a one-time link, the browser approves it."""
+    level3 = testbed.target("menu-approve", min_level=3)
+    alice = testbed.user("shell", target=level3)
+    await VirtualAuthenticator.attach(page, user_verification=True, user_verified=True)
+    await login(page, testbed, alice)
+    await register_key(page, testbed)
+    client = paramiko_client(testbed.port, alice, alice.name)
+    try:
+        chan = client.invoke_shell(term="xterm")
+
+        def read_until(marker: bytes, timeout: float = 30) -> bytes:
+            data, deadline = b"", time.monotonic() + timeout
+            while marker not in data and time.monotonic() < deadline:
+                if chan.recv_ready():
+                    data += chan.recv(65536)
+                else:
+                    time.sleep(0.02)
+            assert marker in data, data[-400:]
+            return data
+
+        await asyncio.to_thread(read_until, b"filter:")
+        chan.send(b"\r")
+        screen = await asyncio.to_thread(read_until, b"Waiting...")
+        link = re.search(rb"https://\S+/approve/[A-Za-z0-9_-]+", screen).group(0).decode()
+        await page.goto(link)
+        await page.click("#approve-button")
+        await page.wait_for_selector("#approved:not([hidden])")
+        await asyncio.to_thread(read_until, b"approved")
+        chan.send(b"echo MENU-$((1+2))\n")
+        await asyncio.to_thread(read_until, b"MENU-3")
+        chan.send(b"exit\n")
+        await asyncio.to_thread(chan.recv_exit_status)
+    finally:
+        client.close()
+    session = wait_for_sessions(testbed, alice.name)[0]
+    assert session["level"] == 3 and session["methods"] == ["password", "webauthn-uv"]
+    await page.goto(link)  # spent
+    assert "not found" in (await page.content()).lower()
+
+
 async def test_ssh_step_up_to_level_3_approved_in_the_browser(page, testbed):
     level3 = testbed.target("approve", min_level=3)
     alice = testbed.user("exec", target=level3)
