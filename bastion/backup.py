@@ -78,6 +78,7 @@ from bastion.audit.log import AuditLog, canonical, chain_hash, hashed_fields
 from bastion.clock import Clock
 from bastion.config import CONFIG_FILE, Config, load_config
 from bastion.errors import BastionError, Conflict, UsageError
+from bastion.privatefiles import fsync_dir
 from bastion.recorder.store import recording_path
 from bastion.store.engine import async_url, make_engine, make_sessionmaker
 from bastion.store.migrate import MIGRATIONS_DIR
@@ -423,7 +424,7 @@ async def create_backup(services_or_config: Any, out_path: str | os.PathLike[str
             writer.record(b"Z", _dumps({"tables": count.tables, "rows": count.rows, "files": count.files}))
             await asyncio.to_thread(_finish, writer, handle)
         os.rename(partial, out_path)
-        _fsync_dir(out_path.parent)
+        fsync_dir(out_path.parent)
     except BaseException as exc:
         try:
             os.unlink(partial)
@@ -562,14 +563,6 @@ async def _dump_table(conn: AsyncConnection, table: Any, writer: _SealWriter, co
     writer.record(b"U", _dumps({"rows": rows}))
     count.tables += 1
     count.rows += rows
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- restore --------------------------------------------------------------------------------------------------
@@ -825,7 +818,7 @@ async def restore_backup(in_path: str | os.PathLike[str], passphrase: str, new_d
         await asyncio.to_thread(_finalise_config, root, database_url)
         _check_new_dir(final)
         os.rename(root, final)  # replaces an empty directory; the restore appears all at once
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except BaseException as exc:
         if engine is not None:
             await engine.dispose()

@@ -1,4 +1,4 @@
-"""Files only their owner may read: created exclusively with mode 0600, never overwritten."""
+"""Files only their owner may read (created exclusively with mode 0600, never overwritten), written durably."""
 
 from __future__ import annotations
 
@@ -16,3 +16,17 @@ def write_private(path: Path, data: bytes) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def fsync_dir(path: Path, missing_ok: bool = False) -> None:
+    """Make the entries of directory `path` (a rename, a new file, an unlink) survive a crash."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -29,6 +29,7 @@ from bastion.audit.events import AdminChange, RecordingShredded
 from bastion.errors import Conflict, NotFound
 from bastion.recorder import container
 from bastion.store.models import Recording, SearchEntry, Session, Target
+from bastion.privatefiles import fsync_dir
 
 log = logging.getLogger("bastion.retention")
 
@@ -171,7 +172,7 @@ def destroy_recording_file(path: Path) -> str:
         os.close(fd)
     os.unlink(path)
     _remove_sidecars(path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent, missing_ok=True)
     return "destroyed"
 
 
@@ -202,15 +203,6 @@ def _remove_sidecars(path: Path) -> None:
             pass
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def set_legal_hold(services: Any, session_id: str, hold: bool, actor: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from bastion.audit.log import GENESIS, verify_chain
 from bastion.store.models import AuditAnchor, AuditEvent, AuditHead
+from bastion.privatefiles import fsync_dir
 
 log = logging.getLogger("bastion.audit")
 
@@ -64,11 +65,7 @@ def _append_line(path: Path, line: str) -> None:
     finally:
         os.close(fd)
     if created:
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_dir(path.parent)
 
 
 async def anchor_loop(services: Any, interval: float | None = None, syslog: Any = None) -> None:

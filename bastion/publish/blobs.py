@@ -36,6 +36,7 @@ from bastion.errors import BastionError
 from bastion.publish.errors import BlobError, InputError
 from bastion.store.models import Blob
 from bastion.vault import Vault
+from bastion.privatefiles import fsync_dir
 
 MAGIC = b"BSTNBLB1"
 HEADER = struct.Struct(">8sIQ12x")
@@ -376,11 +377,7 @@ class BlobStore:
     def _install(self, tmp_path: Path, final: Path) -> None:
         final.parent.mkdir(mode=0o700, exist_ok=True)
         os.rename(tmp_path, final)
-        fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)  # the rename itself must survive a crash once the row is committed
-        finally:
-            os.close(fd)
+        fsync_dir(final.parent)  # the rename itself must survive a crash once the row is committed
 
     async def stage(self, source: Any, *, expected_size: int | None = None) -> Staged:
         """Encrypt `source` into a temporary file, streaming; refuses oversize and cut-off input."""

@@ -15,7 +15,7 @@ import math
 import mimetypes
 import posixpath
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator, TypeVar
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError, features
 
@@ -23,6 +23,7 @@ from bastion.publish import masking
 from bastion.publish.errors import RenderError
 
 TABLE, TEXT, IMAGE, NONE = "table", "text", "image", "none"
+_T = TypeVar("_T")
 _MEDIA_TYPES = {
     ".csv": "text/csv", ".tsv": "text/tab-separated-values", ".tab": "text/tab-separated-values",
     ".txt": "text/plain", ".log": "text/plain", ".text": "text/plain", ".md": "text/markdown",
@@ -182,27 +183,27 @@ def _table_rows(raw: BinaryIO, tsv: bool, limits: Limits) -> Iterator[tuple[str,
         raise RenderError("the file holds no rows: there is no table to show")
 
 
+def _window(items: Iterable[_T], raw: BinaryIO, start: int, per_page: int, limits: Limits) -> tuple[list[_T], bool]:
+    """Items [start, start + per_page) and whether more follow; skipping to them may read at most
+    `limits.max_scan_bytes` of `raw`."""
+    shown: list[_T] = []
+    for index, item in enumerate(items):
+        if index < start:
+            if raw.tell() > limits.max_scan_bytes:
+                raise RenderError("this page lies too deep in a very large file to be shown")
+            continue
+        if index >= start + per_page:
+            return shown, True
+        shown.append(item)
+    return shown, False
+
+
 def table_page(raw: BinaryIO, *, tsv: bool, page: int, per_page: int, mask: str = "none",
                limits: Limits = DEFAULT_LIMITS) -> TablePage:
     """Rows [(page-1)*per_page, page*per_page) under the header, masked by `mask` before they leave."""
-    start = (page - 1) * per_page
-    rows: list[tuple[str, ...]] = []
-    header: list[str] = []
-    has_next = False
-    encoding = delimiter = ""
     with contextlib.closing(_table_rows(raw, tsv, limits)) as parsed:
-        for index, (encoding, delimiter, _, row) in enumerate(parsed, start=-1):
-            if index < 0:
-                header = row
-                continue
-            if index < start:
-                if raw.tell() > limits.max_scan_bytes:
-                    raise RenderError("this page lies too deep in a very large file to be shown")
-                continue
-            if index >= start + per_page:
-                has_next = True
-                break
-            rows.append(tuple(row))
+        encoding, delimiter, _, header = next(parsed)  # _table_rows refuses a table without a header row
+        rows, has_next = _window((tuple(row) for *_, row in parsed), raw, (page - 1) * per_page, per_page, limits)
     columns = masking.sensitive_columns(header, mask)
     return TablePage(masking.mask_row(header, {}, mask), tuple(masking.mask_row(r, columns, mask) for r in rows),
                      has_next, tuple(sorted(columns)), encoding, delimiter)
@@ -279,6 +280,13 @@ def _segments(text: io.TextIOWrapper, width: int) -> Iterator[tuple[str, bool, b
         else:
             yield line, forced, True
             forced = True
+
+
+def _masked_segment(line: str, cut_before: bool, cut_after: bool, mask: str) -> str:
+    if mask == "none":
+        return line
+    line = masking.mask_text(line, mask)
+    return _hide_run(line, cut_before, cut_after) if cut_before or cut_after else line
 
 
 def _hide_run(line: str, at_start: bool, at_end: bool) -> str:
@@ -369,24 +377,11 @@ def text_page(raw: BinaryIO, *, size: int, page: int, per_page: int, mask: str =
                 shown.extend(_wrap(masking.mask_text(line, mask), limits.text_line_chars))
             return TextPage(tuple(shown), len(lines) > start + per_page, encoding)
     text = _text(raw, encoding, "replace", None)
-    lines: list[str] = []
-    has_next = False
     try:
-        for index, (line, cut_before, cut_after) in enumerate(_segments(text, limits.text_line_chars)):
-            if index < start:
-                if raw.tell() > limits.max_scan_bytes:
-                    raise RenderError("this page lies too deep in a very large file to be shown")
-                continue
-            if index >= start + per_page:
-                has_next = True
-                break
-            if mask != "none":
-                line = masking.mask_text(line, mask)
-                if cut_before or cut_after:
-                    line = _hide_run(line, cut_before, cut_after)
-            lines.append(line)
+        segments, has_next = _window(_segments(text, limits.text_line_chars), raw, start, per_page, limits)
     finally:
         _release(text)
+    lines = [_masked_segment(line, cut_before, cut_after, mask) for line, cut_before, cut_after in segments]
     return TextPage(tuple(lines), has_next, encoding)
 
 

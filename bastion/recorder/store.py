@@ -24,6 +24,7 @@ from bastion.recorder.sink import DB_TIMEOUT, IO_TIMEOUT, SessionRecorder, descr
 from bastion.recorder.writer import ChunkWriter, header_line
 from bastion.store.models import Recording, Session
 from bastion.vault import Vault
+from bastion.privatefiles import fsync_dir
 
 log = logging.getLogger("bastion.recorder")
 
@@ -49,14 +50,6 @@ def _make_private_dirs(root: Path, leaf: Path) -> None:
             pass
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _RecordingExists(Exception):
     """The session already has a recording file (O_EXCL refused to create another)."""
 
@@ -74,7 +67,7 @@ def _create_file(root: Path, path: Path, preamble: bytes) -> int:
             view = view[os.write(fd, view):]
         os.fdatasync(fd)
         # The new directory entry must survive a crash too, or the file vanishes with it.
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         os.close(fd)
         os.unlink(path)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-import time
 
 import asyncssh
 import pyotp
 
 from tests.support.browser import VirtualAuthenticator, login, url, wait_for, watch
-from tests.support.clients import paramiko_client
+from tests.support.clients import paramiko_client, read_until
 from tests.support.recordings import wait_for_sessions
 
 
@@ -116,9 +115,7 @@ async def test_auditor_terminates_a_live_ssh_session_from_the_browser(page, test
     client = paramiko_client(testbed.port, alice, f"{alice.name}:web01")
     chan = client.invoke_shell()
     chan.send(b"echo READY\n")
-    data, deadline = b"", time.monotonic() + 20
-    while b"READY" not in data and time.monotonic() < deadline:
-        data += chan.recv(4096)
+    read_until(chan, b"READY")
     session = wait_for_sessions(testbed, alice.name, ended=False)[0]
     auditor = testbed.user(None, totp=True, roles=("auditor",), prefix="au")
     await login(page, testbed, auditor, pyotp.TOTP(auditor.totp_secret).now(), level=2,
@@ -150,26 +147,16 @@ async def test_menu_step_up_to_level_3_approved_in_the_browser(page, testbed):
     try:
         chan = client.invoke_shell(term="xterm")
 
-        def read_until(marker: bytes, timeout: float = 30) -> bytes:
-            data, deadline = b"", time.monotonic() + timeout
-            while marker not in data and time.monotonic() < deadline:
-                if chan.recv_ready():
-                    data += chan.recv(65536)
-                else:
-                    time.sleep(0.02)
-            assert marker in data, data[-400:]
-            return data
-
-        await asyncio.to_thread(read_until, b"filter:")
+        await asyncio.to_thread(read_until, chan, b"filter:")
         chan.send(b"\r")
-        screen = await asyncio.to_thread(read_until, b"Waiting...")
+        screen = await asyncio.to_thread(read_until, chan, b"Waiting...")
         link = re.search(rb"https://\S+/approve/[A-Za-z0-9_-]+", screen).group(0).decode()
         await page.goto(link)
         await page.click("#approve-button")
         await page.wait_for_selector("#approved:not([hidden])")
-        await asyncio.to_thread(read_until, b"approved")
+        await asyncio.to_thread(read_until, chan, b"approved")
         chan.send(b"echo MENU-$((1+2))\n")
-        await asyncio.to_thread(read_until, b"MENU-3")
+        await asyncio.to_thread(read_until, chan, b"MENU-3")
         chan.send(b"exit\n")
         await asyncio.to_thread(chan.recv_exit_status)
     finally:

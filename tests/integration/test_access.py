@@ -10,7 +10,7 @@ import asyncssh
 
 from bastion.recordings import list_audit
 
-from tests.support.clients import Login, paramiko_client, ssh
+from tests.support.clients import Login, paramiko_client, read_until, ssh
 from tests.support.gateway import GatewayProcess
 from tests.support.recordings import bastion_cli, wait_for_sessions
 
@@ -159,9 +159,7 @@ def test_a_live_shell_ends_when_only_its_shell_grant_is_revoked(testbed):
     client = paramiko_client(testbed.port, alice, f"{alice.name}:web01")
     chan = client.invoke_shell()
     chan.send(b"echo READY\n")
-    data, deadline = b"", time.monotonic() + 20
-    while b"READY" not in data and time.monotonic() < deadline:
-        data += chan.recv(4096)
+    read_until(chan, b"READY")
     shell_grant = [g for g in testbed.admin().list_grants()
                    if g["subject"] == f"user:{alice.name}" and "shell" in g["actions"]][0]
     testbed.admin().revoke_grant(shell_grant["id"])

@@ -8,14 +8,13 @@ import statistics
 import subprocess
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import asyncssh
 import pyotp
 import pytest
 
 from bastion.recordings import list_audit
-from tests.support.clients import Login, paramiko_client, ssh
+from tests.support.clients import Login, paramiko_client, read_until, ssh
 from tests.support.gateway import GatewayProcess
 from tests.support.recordings import bastion_cli, wait_for_sessions
 from tests.support.softkey import SoftAuthenticator, virtual_security_key
@@ -224,28 +223,17 @@ def test_openssh_client_with_a_verify_required_key_reaches_level_3(testbed, tmp_
 # --- in-band step-up from the menu -----------------------------------------------------------------------
 
 
-def _read_until(chan, marker: bytes, timeout: float = 20) -> bytes:
-    data, deadline = b"", time.monotonic() + timeout
-    while marker not in data and time.monotonic() < deadline:
-        if chan.recv_ready():
-            data += chan.recv(65536)
-        else:
-            time.sleep(0.02)
-    assert marker in data, data[-400:]
-    return data
-
-
 def test_menu_target_above_the_login_level_steps_up_with_totp_in_the_terminal(testbed):
     target = testbed.target("menu2", min_level=2)
     alice = testbed.user("shell", totp=True, target=target)
     client = paramiko_client(testbed.port, alice, alice.name)
     chan = client.invoke_shell(term="xterm")
-    _read_until(chan, b"filter:")
+    read_until(chan, b"filter:")
     chan.send(b"\r")
-    _read_until(chan, b"Verification code: ")
+    read_until(chan, b"Verification code: ")
     chan.send(pyotp.TOTP(alice.totp_secret).now().encode() + b"\r")
     chan.send(b"echo STEPPED-$((1+1))\n")
-    screen = _read_until(chan, b"STEPPED-2")
+    screen = read_until(chan, b"STEPPED-2")
     assert pyotp.TOTP(alice.totp_secret).now().encode() not in screen  # the code is not echoed
     chan.send(b"exit\n")
     chan.recv_exit_status()
@@ -260,7 +248,7 @@ def test_menu_step_up_that_cannot_be_met_says_what_is_needed(testbed):
     alice = testbed.user("shell", totp=True, target=target)
     client = paramiko_client(testbed.port, alice, alice.name)
     chan = client.invoke_shell(term="xterm")
-    _read_until(chan, b"filter:")
+    read_until(chan, b"filter:")
     chan.send(b"\r")
     assert chan.recv_exit_status() == 1
     message = chan.recv_stderr(65536)
@@ -342,7 +330,7 @@ def test_unknown_and_known_users_cannot_be_told_apart_by_timing(testbed):
     assert 0.67 < ratio < 1.5, (ratio, known_times, unknown_times)
 
 
-def _paramiko_key_then_totp(testbed, login: Login, code_for) -> "paramiko.Transport":
+def _paramiko_key_then_totp(testbed, login: Login, code_for):
     """paramiko's own two-step login: public key (partial success), then keyboard-interactive."""
     import paramiko
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 
 import aiohttp
 import pyotp
 import pytest
 
-from tests.support.clients import paramiko_client, ssh
+from tests.support.clients import paramiko_client, read_until, ssh
 from tests.support.console import ConsoleClient
 from tests.support.gateway import GatewayProcess
 from tests.support.recordings import bastion_cli, export_events, output_text, wait_for_sessions
@@ -186,9 +184,8 @@ async def test_auditor_watches_and_terminates_a_live_ssh_session(testbed):
     client = paramiko_client(testbed.port, alice, f"{alice.name}:web01")
     chan = client.invoke_shell()
     chan.send(b"echo READY\n")
-    data, deadline = b"", time.monotonic() + 20
-    while b"READY" not in data and time.monotonic() < deadline:
-        data += chan.recv(4096)
+    data = read_until(chan, b"READY")
+    deadline = time.monotonic() + 20
     session = wait_for_sessions(testbed, alice.name, ended=False)[0]
     async with ConsoleClient(testbed.port) as console:
         await console.login(name, password, secret, level=2)

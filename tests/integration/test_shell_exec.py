@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 
 import asyncssh
 import pytest
 
-from tests.support.clients import paramiko_client, ssh
+from tests.support.clients import paramiko_client, read_until, ssh
 from tests.support.recordings import export_events, output_text, wait_for_sessions
-
-
-def read_until(chan, marker: bytes, timeout: float = 20) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while marker not in data and time.monotonic() < deadline:
-        if chan.recv_ready():
-            data += chan.recv(65536)
-        else:
-            time.sleep(0.02)
-    assert marker in data, data[-500:]
-    return data
 
 
 def test_shell_is_proxied_and_recorded_with_output_and_resize(testbed, tmp_path):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +100,15 @@ def paramiko_client(port: int, login: Login, user_spec: str):
                    key_filename=str(login.key) if login.key else None, look_for_keys=False, allow_agent=False,
                    timeout=20, banner_timeout=20, auth_timeout=20)
     return client
+
+
+def read_until(chan, marker: bytes, timeout: float = 20) -> bytes:
+    """Read a paramiko channel until `marker` shows (asserting that it does); returns all that was read."""
+    data, deadline = b"", time.monotonic() + timeout
+    while marker not in data and time.monotonic() < deadline:
+        if chan.recv_ready():
+            data += chan.recv(65536)
+        else:
+            time.sleep(0.02)
+    assert marker in data, data[-500:]
+    return data
