@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -34,10 +35,14 @@ class PendingApproval:
 class Approvals:
     """Create (SSH side), approve (console side after WebAuthn with user verification), consume (SSH side)."""
 
-    def __init__(self, sessionmaker: async_sessionmaker, clock: Clock, lifetime: dt.timedelta):
+    def __init__(self, sessionmaker: async_sessionmaker, clock: Clock, settings: Mapping[str, Any]):
         self._sessionmaker = sessionmaker
         self._clock = clock
-        self.lifetime = lifetime
+        self._settings = settings  # read at use: the global policy may change while we run
+
+    @property
+    def lifetime(self) -> dt.timedelta:
+        return dt.timedelta(seconds=self._settings["console.approval_seconds"])
 
     async def create(self, user_id: int, connection_id: str, target: str, level: int) -> str:
         token = secrets.token_urlsafe(24)

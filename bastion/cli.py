@@ -659,6 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bastion.publish.cli import register_cli as register_datasets
 
     register_datasets(sub, command, listing)
+    from bastion.globalpolicy_cli import register_cli as register_policy
+
+    register_policy(sub, command, listing)
     return parser
 
 

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import socket
 import tomllib
+from collections import ChainMap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -46,6 +47,12 @@ def _non_negative_int(value: Any) -> int:
     if value in (0, "0"):
         return 0
     return _positive_int(value)
+
+
+def _non_negative_float(value: Any) -> float:
+    if not isinstance(value, bool) and value in (0, "0", "0.0"):
+        return 0.0
+    return _positive_float(value)
 
 
 def _optional_host_port(value: Any) -> str:
@@ -219,6 +226,9 @@ SETTINGS: tuple[Setting, ...] = (
             _optional_str),
     Setting("console.approval_seconds", 120.0, "seconds a browser approval link for an SSH step-up is valid",
             _positive_float),
+    Setting("session.idle_timeout", 0.0,
+            "minutes without a byte either way after which an SSH or web terminal session ends (0: never)",
+            _non_negative_float),
     Setting("policy.recheck_interval", 15.0,
             "seconds between re-checks of live sessions against grants (revocation, expiry)", _positive_float),
 )
@@ -272,14 +282,18 @@ class Config:
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 
+    def overlaid(self, overrides: dict[str, Any]) -> "Config":
+        """This config with `overrides` (a dict the caller keeps and changes) looked up first, live."""
+        return Config(self.data_dir, ChainMap(overrides, dict(self.values)))
+
     def replace(self, **changes: Any) -> "Config":
         values = dict(self.values)
         for name, value in changes.items():
-            values[name.replace("__", ".")] = _validate(name.replace("__", "."), value, "override")
+            values[name.replace("__", ".")] = validate(name.replace("__", "."), value, "override")
         return Config(self.data_dir, values)
 
 
-def _validate(name: str, raw: Any, source: str) -> Any:
+def validate(name: str, raw: Any, source: str) -> Any:
     setting = _BY_NAME.get(name)
     if setting is None:
         raise ConfigError(f"config error: {name}: unknown setting ({source})")
@@ -302,11 +316,11 @@ def load_config(data_dir: Path | str, environ: Mapping[str, str] | None = None) 
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config error: {path.name}: not valid TOML ({exc})") from None
         for name, raw in _flatten(table).items():
-            values[name] = _validate(name, raw, CONFIG_FILE)
+            values[name] = validate(name, raw, CONFIG_FILE)
     known_env = {env_name(setting.name): setting.name for setting in SETTINGS}
     for key, raw in environ.items():
         if key in known_env:
-            values[known_env[key]] = _validate(known_env[key], raw, key)
+            values[known_env[key]] = validate(known_env[key], raw, key)
     return Config(data_dir, values)
 
 

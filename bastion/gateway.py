@@ -64,7 +64,8 @@ class Gateway:
             await self.syslog.start()
         loop = asyncio.get_running_loop()
         self.loops = [loop.create_task(anchor_loop(self.services, syslog=self.syslog)),
-                      loop.create_task(retention_loop(self.services))]
+                      loop.create_task(retention_loop(self.services)),
+                      loop.create_task(self.services.global_policy.refresh_loop())]
         self.services.public_url = config["console.public_url"] or f"https://{config['console.rp_id']}:{address[1]}"
         self.services.sessions.start_rechecks()
         return address

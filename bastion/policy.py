@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -209,14 +209,22 @@ class GrantedTarget:
 class Policy:
     """Loads the facts a decision needs and hands them to `decide`."""
 
-    def __init__(self, sessionmaker: async_sessionmaker, default_level: int, default_device_policy: str = "off",
-                 dataset_levels: dict[str, int] | None = None, rows_per_day: int = 0, bytes_per_day: int = 0):
+    def __init__(self, sessionmaker: async_sessionmaker, settings: Mapping[str, Any]):
         self._sessionmaker = sessionmaker
-        self._default_level = default_level
-        self._default_device_policy = default_device_policy
-        self._dataset_levels = dataset_levels or {}
-        self._rows_per_day = rows_per_day
-        self._bytes_per_day = bytes_per_day
+        self._settings = settings  # the global policy, read at every decision: runtime changes apply at once
+
+    @property
+    def _default_level(self) -> int:
+        return self._settings["auth.default_min_level"]
+
+    @property
+    def _default_device_policy(self) -> str:
+        return self._settings["auth.device_policy"]
+
+    def _dataset_level(self, classification: str) -> int:
+        # An unknown classification demands the highest level (fail closed).
+        known = ("public", "internal", "confidential", "secret")
+        return self._settings[f"publish.level_{classification}"] if classification in known else 3
 
     async def _user_grants(self, db, user: User, target_id: int | None = None) -> list[tuple[Grant, TargetAccount]]:
         subjects = or_((Grant.subject_kind == "user") & (Grant.subject == user.name),
@@ -301,9 +309,9 @@ class Policy:
         return DatasetFacts(user.status == "active",
                             DatasetRef(dataset.id, dataset.name, dataset.classification, dataset.current_version),
                             dataset.published, dataset.publish_from, dataset.publish_until,
-                            self._dataset_levels.get(dataset.classification, 3), facts,
+                            self._dataset_level(dataset.classification), facts,
                             usage.rows_viewed if usage else 0, usage.bytes_downloaded if usage else 0,
-                            self._rows_per_day, self._bytes_per_day)
+                            self._settings["publish.rows_per_day"], self._settings["publish.bytes_per_day"])
 
     async def authorize_dataset(self, identity: Identity, name: str, action: str,
                                 now: dt.datetime) -> "AllowDataset | StepUp | Deny":

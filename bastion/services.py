@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from bastion.auth.lockout import Lockout
 from bastion.auth.ratelimit import SourceRateLimit
 from bastion.clock import Clock
 from bastion.config import Config
+from bastion.globalpolicy import GlobalPolicy
 from bastion.keys import load_node_key
 from bastion.policy import Policy
 from bastion.recorder.store import RecordingStore
@@ -45,11 +45,13 @@ class Services:
     upstream: UpstreamConnector
     executor: ThreadPoolExecutor
     approvals: Approvals
+    global_policy: GlobalPolicy
     # Where browsers reach the console (set by the gateway once its port is known): approval links use it.
     public_url: str = ""
 
     @classmethod
-    async def open(cls, config: Config, clock: Clock | None = None, migrate: bool = True) -> "Services":
+    async def open(cls, config: Config, clock: Clock | None = None, migrate: bool = True,
+                   load_policy: bool = True) -> "Services":
         clock = clock or Clock()
         vault = Vault.load(config.keys_dir)
         node_key = load_node_key(config.keys_dir)
@@ -59,21 +61,22 @@ class Services:
                 await upgrade(engine)
             db = make_sessionmaker(engine)
             audit = AuditLog(db, config.node_name, clock)
-            policy = Policy(db, config["auth.default_min_level"], config["auth.device_policy"],
-                            {c: config[f"publish.level_{c}"] for c in ("public", "internal", "confidential", "secret")},
-                            config["publish.rows_per_day"], config["publish.bytes_per_day"])
+            global_policy = GlobalPolicy(config, db, audit, clock)
+            if load_policy:
+                await global_policy.load()
+            # From here on every component reads the overlaid config, so runtime policy changes apply live.
+            config = global_policy.config
+            policy = Policy(db, config)
             executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bastion-rec")
             recordings = RecordingStore(config, vault, node_key, db, clock, executor=executor)
-            sessions = SessionRegistry(db, audit, policy, recordings, clock, config.node_name,
-                                       config["policy.recheck_interval"])
+            sessions = SessionRegistry(db, audit, policy, recordings, clock, config.node_name, config)
             authenticator = Authenticator(
                 db, audit, clock, vault,
-                Lockout(db, clock, config["auth.lockout_threshold"], config["auth.lockout_minutes"]),
-                SourceRateLimit(config["auth.rate_limit_failures"], config["auth.rate_limit_window"], clock.monotonic),
+                Lockout(db, clock, config), SourceRateLimit(config, clock.monotonic),
                 DeviceDirectory(db, clock))
-            approvals = Approvals(db, clock, dt.timedelta(seconds=config["console.approval_seconds"]))
+            approvals = Approvals(db, clock, config)
             return cls(config, clock, engine, db, vault, audit, policy, authenticator, recordings,
-                       sessions, UpstreamConnector(config, db, vault, audit), executor, approvals)
+                       sessions, UpstreamConnector(config, db, vault, audit), executor, approvals, global_policy)
         except BaseException:
             await engine.dispose()
             raise

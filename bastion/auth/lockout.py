@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, Mapping
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -14,11 +15,18 @@ from bastion.store.models import User
 class Lockout:
     """Counts wrong secrets per user in the database, so every node sees the same count."""
 
-    def __init__(self, sessionmaker: async_sessionmaker, clock: Clock, threshold: int, minutes: float):
+    def __init__(self, sessionmaker: async_sessionmaker, clock: Clock, settings: Mapping[str, Any]):
         self._sessionmaker = sessionmaker
         self._clock = clock
-        self.threshold = threshold
-        self.duration = dt.timedelta(minutes=minutes)
+        self._settings = settings  # read at use: the global policy may change while we run
+
+    @property
+    def threshold(self) -> int:
+        return self._settings["auth.lockout_threshold"]
+
+    @property
+    def duration(self) -> dt.timedelta:
+        return dt.timedelta(minutes=self._settings["auth.lockout_minutes"])
 
     def is_locked(self, locked_until: dt.datetime | None) -> bool:
         return locked_until is not None and locked_until > self._clock.now()
@@ -28,12 +36,13 @@ class Lockout:
 
         An unknown user (None) costs the same single UPDATE, so timing does not tell the two apart.
         """
+        threshold = self.threshold
         async with self._sessionmaker() as db, db.begin():
             result = await db.execute(update(User).where(User.id == (user_id if user_id is not None else -1))
                                       .values(failed_count=User.failed_count + 1)
                                       .returning(User.failed_count))
             count = result.scalar_one_or_none()
-            if count is not None and count >= self.threshold:
+            if count is not None and count >= threshold:
                 await db.execute(update(User).where(User.id == user_id)
                                  .values(locked_until=self._clock.now() + self.duration, failed_count=0))
                 return True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import socket
 import ssl
@@ -55,14 +54,15 @@ def _static(root: Path):
 
 
 def all_routes(web_dir: Path) -> list[Route]:
-    from bastion.console.views import admin, approve, audit, datasets, login, me, publishing, search, terminal
+    from bastion.console.views import (admin, approve, audit, datasets, login, me, policy, publishing, search,
+                                       terminal)
 
     routes = [
         Route("GET", "/healthz", _healthz, Access.PUBLIC, "Health check"),
         Route("GET", "/static/{path:[A-Za-z0-9_./-]{1,200}}", _static(web_dir / "static"), Access.PUBLIC,
               "Static assets"),
         *login.ROUTES, *me.ROUTES, *terminal.ROUTES, *approve.ROUTES, *audit.ROUTES, *search.ROUTES,
-        *admin.ROUTES, *datasets.ROUTES, *publishing.ROUTES,
+        *admin.ROUTES, *policy.ROUTES, *datasets.ROUTES, *publishing.ROUTES,
     ]
 
     async def spec(request: web.Request) -> web.Response:
@@ -90,8 +90,7 @@ def create_app(config: Config, services: "Services | None" = None, web_dir: Path
         return app
     web_dir = web_dir or render.WEB_DIR
     app[render.SERVICES] = services
-    app[render.SESSIONS] = SessionStore(services.db, services.clock,
-                                        dt.timedelta(minutes=config["console.idle_timeout"]))
+    app[render.SESSIONS] = SessionStore(services.db, services.clock, services.config)
     app[render.TOKENS] = ApiTokens(services.db, services.audit, services.clock)
     app[render.WEBAUTHN] = WebAuthnService(config["console.rp_id"])
     app[render.JINJA] = render.environment(web_dir / "templates")

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -53,10 +54,14 @@ def _view(row: WebSession) -> ConsoleSession:
 class SessionStore:
     """Creates, finds, rotates and ends console sessions."""
 
-    def __init__(self, sessionmaker: async_sessionmaker, clock: Clock, idle_timeout: dt.timedelta):
+    def __init__(self, sessionmaker: async_sessionmaker, clock: Clock, settings: Mapping[str, Any]):
         self._sessionmaker = sessionmaker
         self._clock = clock
-        self.idle_timeout = idle_timeout
+        self._settings = settings  # read at use: the global policy may change while we run
+
+    @property
+    def idle_timeout(self) -> dt.timedelta:
+        return dt.timedelta(minutes=self._settings["console.idle_timeout"])
 
     async def create(self, user_id: int, methods: list[str], required_level: int, authenticated: bool,
                      source_addr: str, device_id: int | None = None, device_proof: str = "") -> tuple[str, ConsoleSession]:

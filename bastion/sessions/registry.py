@@ -6,7 +6,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -42,6 +42,8 @@ class LiveSession:
     width: int = 80
     height: int = 24
     watchers: set = field(default_factory=set)
+    seen_bytes: int = 0  # bytes moved at the last re-check, and when that count last changed (idle timeout)
+    active_at: float | None = None
 
     def broadcast(self, kind: str, data: bytes | str) -> None:
         """Hand an event to live viewers; a viewer that cannot keep up is dropped, never waited for."""
@@ -77,7 +79,7 @@ class SessionRegistry:
     recordings: object  # bastion.recorder.store.RecordingStore
     clock: Clock
     node: str
-    recheck_interval: float
+    settings: Mapping[str, Any]  # the global policy, read at use (re-check interval, idle timeout)
     _live: dict[str, LiveSession] = field(default_factory=dict)
     _recheck_task: asyncio.Task | None = None
     _kill_task: asyncio.Task | None = None
@@ -253,10 +255,16 @@ class SessionRegistry:
         self._recheck_task = self._kill_task = None
 
     async def recheck_now(self) -> int:
-        """End live sessions whose grant was revoked or expired, or whose user was disabled."""
+        """End live sessions whose grant was revoked or expired, whose user was disabled, whose level no
+        longer satisfies the policy, or that have been idle longer than `session.idle_timeout`."""
         ended = 0
         now = self.clock.now()
+        idle_limit = self.settings["session.idle_timeout"] * 60
         for live in self.live():
+            if self._idle_for(live) > idle_limit > 0:
+                live.terminate(f"idle for more than {self.settings['session.idle_timeout']:g} minutes")
+                ended += 1
+                continue
             try:
                 still = await self.policy.recheck(live.authorization, now)
             except asyncio.CancelledError:
@@ -269,7 +277,14 @@ class SessionRegistry:
                 ended += 1
         return ended
 
+    def _idle_for(self, live: LiveSession) -> float:
+        """Seconds since the session last moved a byte, as seen by the re-checks (no work on the byte path)."""
+        moved, now = live.bytes_up + live.bytes_down, self.clock.monotonic()
+        if moved != live.seen_bytes:
+            live.seen_bytes, live.active_at = moved, now
+        return now - (live.started if live.active_at is None else live.active_at)
+
     async def _recheck_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.recheck_interval)
+            await asyncio.sleep(self.settings["policy.recheck_interval"])
             await self.recheck_now()

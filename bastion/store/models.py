@@ -328,6 +328,17 @@ class DailyUsage(Base):
     bytes_downloaded: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class PolicySetting(Base):
+    """A global policy setting an admin changed at runtime; it wins over bastion.toml and BASTION_* until reset."""
+
+    __tablename__ = "policy_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)  # JSON of the validated value
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 class GroupPolicy(Base):
     """Settings that apply to every member of a group (groups themselves live on users)."""
 

@@ -84,6 +84,49 @@ async def test_admin_creates_a_user_and_a_grant(page, testbed):
                for e in events)
 
 
+async def test_admin_changes_and_resets_a_global_policy_setting(page, testbed):
+    admin = testbed.user(None, totp=True, roles=("admin",), prefix="ad")
+    seen = await watch(page)
+    await login(page, testbed, admin, pyotp.TOTP(admin.totp_secret).now(), level=2, next_path="/admin")
+    row = "#policy tr[data-setting='console.approval_seconds']"
+    try:
+        assert await page.text_content(f"{row} td:nth-child(4)") == "default"
+        await page.fill(f"{row} input[name=value]", "90")
+        await page.click(f"{row} button[type=submit]")
+        await page.wait_for_selector(f"{row} td:nth-child(4):text('console ({admin.name})')")
+        assert await page.input_value(f"{row} input[name=value]") == "90.0"
+        # garbage is refused with the reason, and the value in force stays
+        await page.fill(f"{row} input[name=value]", "soon")
+        await page.click(f"{row} button[type=submit]")
+        await page.wait_for_selector("#admin-error:not([hidden])")
+        assert "must be a number" in await page.text_content("#admin-error")
+        level = "#policy tr[data-setting='publish.level_confidential']"
+        await page.select_option(f"{level} select[name=value]", "3")
+        await page.click(f"{level} button[type=submit]")
+        await page.wait_for_selector(f"{level} td:nth-child(4):text('console')")
+        await page.click(f"{row} button:text('Reset')")
+        await page.wait_for_selector(f"{row} td:nth-child(4):text-is('default')")
+        assert await page.input_value(f"{row} input[name=value]") == "120.0"
+        await page.click(f"{level} button:text('Reset')")
+        await page.wait_for_selector(f"{level} td:nth-child(4):text-is('default')")
+    finally:
+        for name in ("console.approval_seconds", "publish.level_confidential"):
+            testbed.directory.call(lambda s, n=name: _forget(s, n))
+    # the refused garbage is the one failed request the page may report
+    assert seen.console_errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
+    seen.console.clear()
+    seen.assert_clean()
+
+
+async def _forget(services, name: str) -> None:
+    from sqlalchemy import delete
+
+    from bastion.store.models import PolicySetting
+
+    async with services.db() as db, db.begin():
+        await db.execute(delete(PolicySetting).where(PolicySetting.name == name))
+
+
 async def test_user_opens_a_web_terminal_and_auditor_replays_it(page, context, testbed):
     alice = testbed.user("shell")
     seen = await watch(page)

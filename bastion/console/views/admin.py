@@ -48,11 +48,9 @@ def _opt(body: dict, key: str, kind: type, default: Any = None) -> Any:
 
 async def page(request: web.Request) -> web.Response:
     admin = _admin(request)
-    config = request.app[render.SERVICES].config
-    settings = {name: config[name] for name in sorted(config.values)
-                if name.split(".")[0] in ("auth", "console", "recording", "policy", "ssh")}
+    policy = request.app[render.SERVICES].global_policy.values()
     return render.page(request, "admin.html", users=await admin.list_users(), targets=await admin.list_targets(),
-                       grants=await admin.list_grants(), devices=await admin.list_devices(), settings=settings)
+                       grants=await admin.list_grants(), devices=await admin.list_devices(), policy=policy)
 
 
 async def users(request: web.Request) -> web.Response:
@@ -156,13 +154,6 @@ async def device_add(request: web.Request) -> web.Response:
     return await _run(enrol())
 
 
-async def policy(request: web.Request) -> web.Response:
-    """The global policy in force (set in bastion.toml / BASTION_* variables; shown, not edited here)."""
-    config = request.app[render.SERVICES].config
-    names = [name for name in config.values if name.split(".")[0] in ("auth", "console", "recording", "policy", "ssh")]
-    return web.json_response({name: config[name] for name in sorted(names)})
-
-
 async def device_action(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in ("approve", "revoke"):
@@ -217,8 +208,6 @@ ROUTES = [
           body={"type": "object", "required": ["user", "name"], "additionalProperties": False,
                 "properties": {"user": NAME, "name": NAME, "macs": {"type": "array", "items": {"type": "string"}},
                                "ssh_key": {"type": "string", "maxLength": 16384}, "issue_cert": {"type": "boolean"}}}),
-    Route("GET", "/api/v1/admin/policy", policy, Access.ADMIN, "The global policy in force", scope="admin:read",
-          response={"type": "object"}),
     Route("POST", "/api/v1/admin/devices/{device_id:[0-9]{1,9}}/{action:[a-z]{1,16}}", device_action, Access.ADMIN,
           "Approve or revoke a device (action: approve|revoke)", scope="admin:write", body=EMPTY),
 ]

@@ -64,6 +64,8 @@ EXPECTED = {
     "GET /api/v1/admin/devices": "admin",
     "POST /api/v1/admin/devices": "admin",
     "GET /api/v1/admin/policy": "admin",
+    "POST /api/v1/admin/policy/{setting}": "admin",
+    "POST /api/v1/admin/policy/{setting}/reset": "admin",
     "POST /api/v1/admin/devices/{device_id}/{action}": "admin",
     # datasets: "user-dataset" is open to users, and the object answers: alice holds a grant on the sample
     # dataset, everyone else gets the 404 a dataset that does not exist gets.
@@ -94,7 +96,7 @@ CALLERS = ["anonymous", "login", "user", "other", "auditor", "admin"]
 SESSION_ID = "00000000-0000-4000-8000-000000000001"
 SAMPLES = {"path": "console.css", "target": "web01", "account": "root", "session_id": SESSION_ID, "name": "alice",
            "action": "unlock", "grant_id": "1", "device_id": "1", "token": "not-a-real-approval-token",
-           "dataset": "report", "request_id": "1"}
+           "dataset": "report", "request_id": "1", "setting": "session.idle_timeout"}
 
 
 def concrete(path: str) -> str:

@@ -14,7 +14,6 @@ from bastion.publish.catalog import Catalog
 from bastion.store.models import (AuditEvent, Blob, DailyUsage, Dataset, DatasetFile, DatasetGrant,
                                   DownloadRequest)
 
-CLASSES = ("public", "internal", "confidential", "secret")
 TABLES = (Dataset, DatasetFile, Blob, DatasetGrant, DownloadRequest, DailyUsage, AuditEvent)
 
 
@@ -25,9 +24,7 @@ def make_services(store, tmp_path):
     def make(**settings):
         environ = {env_name(name.replace("__", ".")): str(value) for name, value in settings.items()}
         config = load_config(tmp_path / "data", environ=environ)
-        policy = Policy(store.db, config["auth.default_min_level"], config["auth.device_policy"],
-                        {c: config[f"publish.level_{c}"] for c in CLASSES},
-                        config["publish.rows_per_day"], config["publish.bytes_per_day"])
+        policy = Policy(store.db, config)
         return SimpleNamespace(config=config, db=store.db, vault=store.vault, audit=store.audit, clock=store.clock,
                                policy=policy)
 
