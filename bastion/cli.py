@@ -145,7 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return asyncio.run(_serve(config))
+    return run_loop(_serve(config), config["event_loop"])
 
 
 async def _serve(config: Any, announce: Callable[[tuple[str, int]], None] | None = None) -> int:
@@ -169,11 +169,20 @@ async def _serve(config: Any, announce: Callable[[tuple[str, int]], None] | None
     return EXIT_OK
 
 
+def run_loop(main: Any, kind: str) -> Any:
+    """Run the gateway's main coroutine on the configured event loop."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bastion.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(run_demo(_data_dir(args), args.listen, _serve))
+    return run_loop(run_demo(_data_dir(args), args.listen, _serve), "uvloop")
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:

@@ -137,6 +137,12 @@ def _device_policy(value: Any) -> str:
     return value
 
 
+def _event_loop(value: Any) -> str:
+    if value not in ("uvloop", "asyncio"):
+        raise ValueError("must be uvloop or asyncio")
+    return value
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -162,6 +168,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("node_name", "", "name of this gateway node in sessions and audit (default: host name)", _optional_str),
     Setting("database_url", "", "SQLAlchemy URL; empty means SQLite in the data directory", _database_url),
     Setting("log_level", "info", "debug, info, warning or error", _log_level),
+    Setting("event_loop", "uvloop", "uvloop (libuv: less CPU per packet) or asyncio (the standard library's loop)",
+            _event_loop),
     Setting("listener.sniff_timeout", 3.0,
             "seconds to wait for a client's first bytes before treating it as SSH", _positive_float),
     Setting("listener.max_unauthenticated", 256,

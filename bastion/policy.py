@@ -7,7 +7,7 @@ connections and bridges accept nothing else.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import or_, select
@@ -348,11 +348,20 @@ class Policy:
                                       decide_dataset(identity, facts, "download", now), download_mode))
         return out
 
-    async def recheck(self, channel: ChannelAuthorization, now: dt.datetime) -> bool:
-        """Does a live channel's permission still hold: user active, a current grant with its action?"""
+    async def recheck(self, channel: ChannelAuthorization, now: dt.datetime, memo: dict | None = None) -> bool:
+        """Does a live channel's permission still hold: user active, a current grant with its action?
+
+        `memo`, kept by the caller for one pass over many live channels, loads the facts once per identity,
+        target and account (a thousand sessions of one user and target cost one decision, not a thousand).
+        """
         target_auth = channel.target_authorization
-        decision = await self.authorize_target(target_auth.identity, target_auth.target.name,
-                                               target_auth.account.login, now)
+        key = (replace(target_auth.identity, source_port=0), target_auth.target.name, target_auth.account.login)
+        decision = memo.get(key) if memo is not None else None
+        if decision is None:
+            decision = await self.authorize_target(target_auth.identity, target_auth.target.name,
+                                                   target_auth.account.login, now)
+            if memo is not None:
+                memo[key] = decision
         return isinstance(decision, Allow) and isinstance(decide_channel(decision.authorization, channel.action, now),
                                                           AllowChannel)
 

@@ -93,9 +93,11 @@ async def drive(port: int, key_path: Path, sessions: int, seconds: float, gatewa
     setup_seconds = time.perf_counter() - began
     await asyncio.sleep(2)
     loaded = rss_kib(gateway_pid)
+    cpu_before = cpu_seconds(gateway_pid)
     start_typing.set()
     await asyncio.sleep(seconds)
     stop.set()
+    cpu_used = cpu_seconds(gateway_pid) - cpu_before
     await asyncio.wait(tasks, timeout=30)
     ordered = sorted(outcome.latencies)
 
@@ -107,7 +109,14 @@ async def drive(port: int, key_path: Path, sessions: int, seconds: float, gatewa
     return {"sessions": sessions, "connected": outcome.connected, "errors": len(outcome.errors),
             "keys": len(ordered), "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": pct(100),
             "setup_s": setup_seconds, "rss_before_mib": baseline / 1024, "rss_loaded_mib": loaded / 1024,
-            "kib_per_session": (loaded - baseline) / max(1, outcome.connected)}
+            "kib_per_session": (loaded - baseline) / max(1, outcome.connected),
+            "gateway_cpu_us_per_key": cpu_used / max(1, len(ordered)) * 1e6}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(sessions: int, seconds: float) -> dict[str, float]:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import socket
 import ssl
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,7 +83,7 @@ def create_app(config: Config, services: "Services | None" = None, web_dir: Path
     """The console. Without services (listener tests) only /healthz is served; everything else is 404."""
     app = web.Application(middlewares=[middleware.errors, middleware.gatekeeper], client_max_size=1 << 20)
     app.on_response_prepare.append(middleware.security_headers)
-    app[render.PEERS] = weakref.WeakKeyDictionary()
+    app[render.PEERS] = render.PeerTable()
     if services is None:
         install(app, [Route("GET", "/healthz", _healthz, Access.PUBLIC, "Health check")])
         return app
@@ -139,7 +138,7 @@ class ConsoleServer:
             sock.close()
             return
         # Requests find their real peer (PROXY v2 address) through their transport.
-        self._app[render.PEERS][transport] = peer
+        self._app[render.PEERS].add(transport, peer)
 
     async def close(self) -> None:
         runner, self._runner = self._runner, None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,30 @@ from aiohttp import web
 WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
 
 SERVICES = web.AppKey("bastion_services", object)
-PEERS = web.AppKey("bastion_peers", weakref.WeakKeyDictionary)
+class PeerTable:
+    """The real peer (PROXY v2 address) of each console connection, by transport.
+
+    A plain dict, pruned of closed transports as it grows: uvloop transports take no weak references.
+    """
+
+    def __init__(self) -> None:
+        self._peers: dict[Any, Any] = {}
+        self._prune_at = 64
+
+    def add(self, transport: Any, peer: Any) -> None:
+        self._peers[transport] = peer
+        if len(self._peers) >= self._prune_at:
+            self._peers = {t: p for t, p in self._peers.items() if not t.is_closing()}
+            self._prune_at = max(64, 2 * len(self._peers))
+
+    def get(self, transport: Any) -> Any:
+        return self._peers.get(transport)
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+
+PEERS = web.AppKey("bastion_peers", PeerTable)
 SESSIONS = web.AppKey("bastion_sessions", object)
 TOKENS = web.AppKey("bastion_tokens", object)
 JINJA = web.AppKey("bastion_jinja", jinja2.Environment)

@@ -21,7 +21,7 @@ from bastion.errors import RecordingError
 from bastion.recorder import container
 from bastion.recorder.reader import verify
 from bastion.recorder.sink import DB_TIMEOUT, IO_TIMEOUT, SessionRecorder, describe_exception, failure_reason
-from bastion.recorder.writer import ChunkWriter, header_line
+from bastion.recorder.writer import ChunkWriter, GroupSync, header_line
 from bastion.store.models import Recording, Session
 from bastion.vault import Vault
 from bastion.privatefiles import fsync_dir
@@ -109,6 +109,7 @@ class RecordingStore:
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="bastion-recorder")
         self._live: dict[str, SessionRecorder] = {}
+        self._group_sync = GroupSync(lambda: config["recording.flush_interval"])
 
     @property
     def recordings_dir(self) -> Path:
@@ -149,8 +150,7 @@ class RecordingStore:
             raise RecordingError("recording could not be started: the recording index is unavailable") from None
         writer = ChunkWriter(fd, session_id, data_key, preamble,
                              header_line(width, height, int(now.timestamp()), str(term), str(title)),
-                             self._config["recording.chunk_bytes"], self._node_key,
-                             sync_interval=self._config["recording.flush_interval"])
+                             self._config["recording.chunk_bytes"], self._node_key, group_sync=self._group_sync)
         recorder = SessionRecorder(
             recording_id=recording_id, session_id=session_id, path=path, writer=writer,
             executor=self._executor, clock=self._clock, config=self._config, echo_tracking=echo_tracking,

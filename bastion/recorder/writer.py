@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import codecs
+import ctypes
 import errno
 import hashlib
 import json
 import os
+import threading
 from time import monotonic
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -31,6 +33,50 @@ MAX_EVENT_BYTES = 64 * 1024
 
 # (seconds since start, "o" | "i" | "r" | "m", raw bytes for o/i or text)
 Event = tuple[float, str, "bytes | str"]
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
+
+
+_SYNCFS = _load_syncfs()
+
+
+class GroupSync:
+    """Makes every open recording durable with one filesystem sync per interval, not one fdatasync per file.
+
+    With hundreds of live sessions each flushing once a second, one fdatasync per file per second is
+    hundreds of journal commits a second, and the writer threads wait on them; syncfs(2) commits all of
+    them at once. Where syncfs is missing, sync(2) does the same for every filesystem.
+    """
+
+    def __init__(self, interval: Callable[[], float]):
+        self._interval = interval  # read at use: the global policy may change recording.flush_interval
+        self._lock = threading.Lock()
+        self._synced_at = monotonic()
+
+    def after_write(self, fd: int) -> None:
+        """Called by a writer thread after its bytes are written: sync the filesystem if the interval is up.
+
+        While another thread is syncing, skip: the next interval covers these bytes.
+        """
+        if monotonic() - self._synced_at < self._interval() or not self._lock.acquire(blocking=False):
+            return
+        try:
+            if monotonic() - self._synced_at >= self._interval():
+                if _SYNCFS is None:
+                    os.sync()
+                elif _SYNCFS(fd) != 0:
+                    code = ctypes.get_errno()
+                    raise OSError(code, os.strerror(code))
+                self._synced_at = monotonic()
+        finally:
+            self._lock.release()
 
 
 @dataclass(frozen=True)
@@ -71,7 +117,7 @@ class ChunkWriter:
     """
 
     def __init__(self, fd: int, session_id: str, data_key: bytes, preamble: bytes, header: bytes,
-                 chunk_bytes: int, node_key: Ed25519PrivateKey, sync_interval: float = 1.0):
+                 chunk_bytes: int, node_key: Ed25519PrivateKey, group_sync: GroupSync | None = None):
         self._fd = fd
         self._session_id = session_id
         self._aead = AESGCM(data_key)
@@ -79,10 +125,9 @@ class ChunkWriter:
         self._header = header
         self._target = min(chunk_bytes, container.MAX_CHUNK_PLAIN)
         self._seq = 0
-        # One fdatasync per interval, not per write job: under bulk output jobs come every few
-        # milliseconds and a sync each would cost more than the sealing itself.
-        self._sync_interval = sync_interval
-        self._synced_at = monotonic()
+        # One sync per interval, not per write job, and shared by every open recording (GroupSync): under
+        # bulk output jobs come every few milliseconds, and a sync each would cost more than the sealing.
+        self._group_sync = group_sync or GroupSync(lambda: 1.0)
         self._prev_hash = hashlib.sha256(preamble).digest()  # chunk 0 links to the preamble
         self._size = len(preamble)
         # Per direction, so a multibyte character split across reads (or chunks) survives.
@@ -100,7 +145,7 @@ class ChunkWriter:
         """Seal `events` into chunks and write them (fdatasync at most once per sync interval)."""
         records, seq, prev_hash = self._seal(self._lines(events), final=False)
         if records:
-            self._write(records, self._sync_if_due)
+            self._write(records, self._group_sync.after_write)
             self._seq, self._prev_hash, self._size = seq, prev_hash, self._size + len(records)
         return self.state
 
@@ -137,12 +182,6 @@ class ChunkWriter:
         finally:
             self.close_file()
         return self.state
-
-    def _sync_if_due(self, fd: int) -> None:
-        now = monotonic()
-        if now - self._synced_at >= self._sync_interval:
-            os.fdatasync(fd)
-            self._synced_at = now
 
     def close_file(self) -> None:
         if self._fd >= 0:

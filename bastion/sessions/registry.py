@@ -260,13 +260,14 @@ class SessionRegistry:
         ended = 0
         now = self.clock.now()
         idle_limit = self.settings["session.idle_timeout"] * 60
+        decisions: dict = {}  # one decision per identity, target and account in this pass
         for live in self.live():
             if self._idle_for(live) > idle_limit > 0:
                 live.terminate(f"idle for more than {self.settings['session.idle_timeout']:g} minutes")
                 ended += 1
                 continue
             try:
-                still = await self.policy.recheck(live.authorization, now)
+                still = await self.policy.recheck(live.authorization, now, decisions)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -45,6 +45,8 @@ def test_toml_sections_and_env_override(tmp_path):
     ('database_url = "mysql://x"\n', "database_url"),
     ('no_such_setting = 1\n', "no_such_setting"),
     ('[ssh]\npost_quantum_only = "maybe"\n', "ssh.post_quantum_only"),
+    ('event_loop = "twisted"\n', "event_loop"),
+    ('[session]\nidle_timeout = -5\n', "session.idle_timeout"),
 ])
 def test_bad_values_name_the_key(tmp_path, toml, key):
     (tmp_path / "bastion.toml").write_text(toml)

@@ -228,3 +228,42 @@ def test_a_used_up_or_unapproved_download_grant_is_named_in_the_audit_reason():
     for grant in (dgrant(mode="download", max_downloads=1, downloads=1), dgrant(mode="download-with-approval")):
         decision = decide_dataset(ALICE, dfacts([grant], bytes_=1000), "download", NOW)
         assert isinstance(decision, Deny) and decision.reason.startswith("no usable download grant")
+
+
+async def test_one_recheck_pass_decides_once_per_identity_and_never_mixes_users(store):
+    import asyncssh
+    from sqlalchemy import select
+
+    from bastion.config import load_config
+    from bastion.policy import Policy
+    from bastion.store.models import User
+
+    host_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    await store.admin.add_target("web01", "127.0.0.1", 2222, host_key)
+    await store.admin.add_account("web01", "root", generate=True)
+    for name in ("alice", "bob"):
+        await store.admin.add_user(name, password=f"correct-horse-{name}-battery")
+        await store.admin.add_grant(user=name, target="web01", account="root", actions=["shell"])
+    async with store.db() as db:
+        ids = {u.name: u.id for u in (await db.execute(select(User))).scalars()}
+    policy = Policy(store.db, load_config("/nonexistent", environ={}))
+    now = store.clock.now()
+    channels = {}
+    for name, port in (("alice", 40001), ("alice", 40002), ("bob", 40003)):
+        identity = Identity(ids[name], name, ("user",), (), 1, ("password",), "127.0.0.1", port)
+        decision = await policy.authorize_target(identity, "web01", "root", now)
+        channels[(name, port)] = decide_channel(decision.authorization, "shell", now).authorization
+    bob_grant = [g for g in await store.admin.list_grants() if g["subject"] == "user:bob"][0]
+    await store.admin.revoke_grant(bob_grant["id"])
+    calls = []
+    original = policy.authorize_target
+
+    async def counted(*args):
+        calls.append(args[0].name)
+        return await original(*args)
+
+    policy.authorize_target = counted
+    memo: dict = {}
+    results = {key: await policy.recheck(channel, now, memo) for key, channel in channels.items()}
+    assert results == {("alice", 40001): True, ("alice", 40002): True, ("bob", 40003): False}
+    assert sorted(calls) == ["alice", "bob"]  # alice's two sessions share one decision
