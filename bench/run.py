@@ -94,8 +94,11 @@ async def echo_latencies(peer: Peer, keys: int) -> list[float]:
     """Seconds from sending one key to reading its echo, through a PTY running `cat`."""
     conn = await peer.connect()
     try:
-        process = await conn.create_process("stty raw -echo; cat", term_type="xterm", encoding=None)
-        await asyncio.sleep(0.5)
+        process = await conn.create_process("stty raw -echo; printf READY; exec cat", term_type="xterm",
+                                            encoding=None)
+        seen = b""
+        while not seen.endswith(b"READY"):  # keys typed before stty took effect would be echoed twice
+            seen += await asyncio.wait_for(process.stdout.read(1), 20)
         samples = []
         for index in range(keys + 20):
             key_byte = bytes([97 + index % 26])
@@ -138,7 +141,7 @@ def _fmt(value: float | None) -> str:
 
 
 def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None]], replay: object,
-           concurrency: dict[str, float]) -> str:
+           concurrency: dict[str, float], recording: dict[str, float]) -> str:
     from bench import replay_seek
 
     names = list(results)
@@ -187,6 +190,14 @@ def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None
         "time through `stty raw -echo; cat` in a PTY). The bulk file is base64 text (random bytes encoded: "
         "text that compresses poorly, like a dump of encoded data); every run checks the byte count.", "",
         *table, "",
+        "Recording overhead: bulk `cat` through the gateway as it is, and through the same gateway started "
+        "by `python -m bench.unrecorded serve`, whose recorders drop every byte (a bench-only harness: the "
+        "product has no switch to turn recording off). Runs alternate; medians. `scp` is not in this row: "
+        "file transfers are recorded as a marker per file, not byte by byte.", "",
+        "| recording figure | value | target |", "|---|---|---|",
+        f"| bulk `cat`, recording on, MiB/s | {recording['on']:.1f} | |",
+        f"| bulk `cat`, recording dropped, MiB/s | {recording['off']:.1f} | |",
+        f"| recording on ÷ off | {recording['on'] / recording['off']:.2f} | >= 0.95 |", "",
         f"Concurrency (`python -m bench.concurrency --sessions {mode.sessions} --seconds {mode.session_seconds:g}`): "
         f"{mode.sessions} interactive sessions through the gateway (recording on) to a light asyncssh echo "
         "server in a process of its own (bench/echo_target.py), each typing 5 keys a second; the asyncssh "
@@ -197,7 +208,8 @@ def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None
         f"| echo p50 / p99, ms | {concurrency['p50_ms']:.1f} / {concurrency['p99_ms']:.1f} | p99 < 50 ms |",
         f"| gateway RSS before / with all sessions, MiB | {concurrency['rss_before_mib']:.1f} / "
         f"{concurrency['rss_loaded_mib']:.1f} | |",
-        f"| gateway memory per session, KiB | {concurrency['kib_per_session']:.0f} | <= 1024 |", "",
+        f"| gateway memory per session, KiB | {concurrency['kib_per_session']:.0f} | <= 1024 |",
+        f"| gateway CPU per echoed key (all its threads), µs | {concurrency['gateway_cpu_us_per_key']:.0f} | |", "",
         f"Replay of a one-hour session with {REPLAY_MEGABYTES[mode_name]} MiB of output (`python -m bench.replay_seek "
         f"--megabytes {REPLAY_MEGABYTES[mode_name]}`): keyframes are built once after the session, in a process of "
         "their own; start and jump are what the server does before a player can draw.", "",
@@ -242,6 +254,8 @@ def main() -> int:
         directory.close()
         gateway = GatewayProcess(data_dir).start()
         started.append(gateway)
+        unrecorded = GatewayProcess(data_dir, module="bench.unrecorded").start()
+        started.append(unrecorded)
         peers = [(Peer("direct", sshd.port, login, key), login),
                  (Peer("proxyjump", sshd.port, login, key, jump=(jump.port, login)), login),
                  (Peer("asciinema-jump", recording_jump.port, login, key, tty=True, scp=False), None),
@@ -262,6 +276,16 @@ def main() -> int:
             print(f"[{peer.name}] echo x {mode.keys}", flush=True)
             samples = asyncio.run(echo_latencies(peer, mode.keys))
             figures["p50"], figures["p99"] = percentile(samples, 50), percentile(samples, 99)
+        # Recording on ÷ off: the same gateway with its recorders dropping every byte (bench only), run
+        # alternately with the real one so both see the same machine.
+        off_peer = Peer("bastion-unrecorded", unrecorded.port, "bench:target", key)
+        on_peer = peers[-1][0]
+        on_runs, off_runs = [], []
+        print(f"[recording on/off] cat {mode.bulk_bytes >> 20} MiB x {mode.bulk_runs} each", flush=True)
+        for _ in range(mode.bulk_runs):
+            off_runs.append(bulk_cat(off_peer, bulk_file, mode.bulk_bytes))
+            on_runs.append(bulk_cat(on_peer, bulk_file, mode.bulk_bytes))
+        recording = {"on": statistics.median(on_runs), "off": statistics.median(off_runs)}
     finally:
         for daemon in reversed(started):
             daemon.stop()
@@ -272,7 +296,7 @@ def main() -> int:
     sessions = concurrency.measure(mode.sessions, mode.session_seconds)
     print(f"[replay] one hour, {REPLAY_MEGABYTES[mode_name]} MiB of output", flush=True)
     replay = asyncio.run(replay_seek.measure(REPLAY_MEGABYTES[mode_name]))
-    text = report(mode_name, mode, results, replay, sessions)
+    text = report(mode_name, mode, results, replay, sessions, recording)
     Path(args.out).write_text(text)
     print(text)
     return 0

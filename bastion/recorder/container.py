@@ -214,7 +214,9 @@ def read_records(stream: BinaryIO, offset: int, file_size: int | None = None) ->
 
 
 def record_hash(record_type: bytes, payload: bytes) -> bytes:
-    return hashlib.sha256(record_type + payload).digest()
+    digest = hashlib.sha256(record_type)
+    digest.update(payload)  # not record_type + payload: that copies every chunk once more
+    return digest.digest()
 
 
 def chunk_aad(session_id: str, seq: int, prev_hash: bytes) -> bytes:

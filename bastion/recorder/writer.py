@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import threading
 from time import monotonic
 import zlib
@@ -94,6 +95,24 @@ def _line(time: float, code: str, text: str) -> bytes:
     # its JSON \\u escape instead of failing the whole recording.
     return (json.dumps([round(time, 6), code, text], ensure_ascii=False) + "\n").encode(
         "utf-8", "backslashreplace")
+
+
+# Control characters left after the common escapes; each becomes \u00XX, as json.dumps writes them.
+_CONTROL = re.compile(rb"[\x00-\x1f]")
+_PRINTABLE = bytes(range(0x20, 0x80))
+
+
+def _ascii_line(time: float, code: str, data: bytes) -> bytes:
+    """The same JSON line as `_line` for ASCII bytes, built on bytes: no decode, no str, no re-encode.
+
+    Bulk terminal output is mostly ASCII; the generic path costs three passes and holds the GIL
+    throughout, which the event loop then waits for.
+    """
+    body = (data.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"\n", b"\\n")
+            .replace(b"\r", b"\\r").replace(b"\t", b"\\t"))
+    if body.translate(None, _PRINTABLE):  # anything left once printable ASCII is removed is a control
+        body = _CONTROL.sub(lambda match: b"\\u%04x" % match.group()[0], body)
+    return b"[%s, \"%s\", \"%s\"]\n" % (repr(round(time, 6)).encode(), code.encode(), body)
 
 
 def compress_chunk(data: bytes) -> bytes:
@@ -195,7 +214,11 @@ class ChunkWriter:
                 continue
             decoder = self._decoders[code]
             for start in range(0, len(data), MAX_EVENT_BYTES):
-                text = decoder.decode(data[start:start + MAX_EVENT_BYTES])
+                piece = data[start:start + MAX_EVENT_BYTES]
+                if piece.isascii() and not decoder.getstate()[0]:
+                    yield _ascii_line(time, code, piece)  # nothing pending in the decoder: ASCII maps 1:1
+                    continue
+                text = decoder.decode(piece)
                 if text:
                     yield _line(time, code, text)
 

@@ -21,8 +21,9 @@ LISTENING = re.compile(r"listening on (\S+):(\d+)")
 class GatewayProcess:
     """`bastion serve` on port 0; stopped by PID."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, module: str = "bastion"):
         self.data_dir = data_dir
+        self.module = module  # bench.unrecorded runs the same gateway with recording dropped (bench only)
         self.env = {**os.environ, **(env or {}), "BASTION_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
         self.process: subprocess.Popen | None = None
         self.host = "127.0.0.1"
@@ -32,7 +33,7 @@ class GatewayProcess:
     def start(self, timeout: float = 60.0) -> "GatewayProcess":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bastion", "serve", "--listen",
+            [sys.executable, "-m", self.module, "serve", "--listen",
              f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
         log.close()
