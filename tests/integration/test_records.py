@@ -43,7 +43,9 @@ def shell(port: int, login, commands: list[bytes], until: bytes, timeout: float 
                     break
                 if not chunk:
                     break
-            elif chan.exit_status_ready() and not chan.recv_ready():
+            elif (chan.eof_received or chan.closed) and not chan.recv_ready():
+                # Not at the exit status: a gateway sends it at once, while data (the reason the session
+                # ended) may still wait for window behind a flood; like OpenSSH, read until the channel ends.
                 break
             else:
                 time.sleep(0.01)
