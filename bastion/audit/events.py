@@ -266,6 +266,17 @@ class DatasetView(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DatasetDownloadStopped(Event):
+    """An open download cut off by a re-check: grant revoked or expired, dataset unpublished, user disabled."""
+
+    type: ClassVar[str] = "dataset.download.stopped"
+    dataset: str
+    path: str
+    download_id: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class DatasetDownload(Event):
     """A download about to be streamed: its size and the SHA-256 of exactly the plaintext served."""
 

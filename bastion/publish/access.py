@@ -14,12 +14,13 @@ import datetime as dt
 import hashlib
 import secrets
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator
+from time import monotonic
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bastion.audit.events import DatasetDownload, DatasetView, QuotaExceeded
+from bastion.audit.events import DatasetDownload, DatasetDownloadStopped, DatasetView, QuotaExceeded
 from bastion.errors import UsageError
 from bastion.policy import DatasetAuthorization, require_minted
 from bastion.publish import render
@@ -97,8 +98,12 @@ def _path(path: str | None) -> str | None:
         raise Refused("malformed path") from None
 
 
-async def _current(db: AsyncSession, authorization: DatasetAuthorization, now: dt.datetime) -> tuple[Dataset, User]:
-    """What the policy saw must still hold: published, granted to this user, same version, user active."""
+async def _current(db: AsyncSession, authorization: DatasetAuthorization, now: dt.datetime,
+                   same_version: bool = True) -> tuple[Dataset, User]:
+    """What the policy saw must still hold: published, granted to this user, same version, user active.
+
+    An open download checks all but the version: a new version does not cut off a download of the old.
+    """
     ref, identity = authorization.dataset, authorization.identity
     dataset = await db.get(Dataset, ref.id)
     if dataset is None or dataset.name != ref.name:
@@ -106,7 +111,7 @@ async def _current(db: AsyncSession, authorization: DatasetAuthorization, now: d
     if not dataset.published or (dataset.publish_from is not None and now < dataset.publish_from) \
             or (dataset.publish_until is not None and now >= dataset.publish_until):
         raise Refused("dataset not published")
-    if dataset.current_version != ref.version:
+    if same_version and dataset.current_version != ref.version:
         raise Refused("a newer version was published since the decision")
     grant = await db.get(DatasetGrant, authorization.grant_id)
     if grant is None or grant.dataset_id != dataset.id or grant.revoked_at is not None \
@@ -336,8 +341,15 @@ class DownloadStream:
     """The plaintext of one authorised download: iterate it once (hash checked at the end), or read ranges
     with `read_at` (SFTP). Close it with `aclose()` (or `async with`) when done early."""
 
-    def __init__(self, reader: BlobReader, sha256: str, path: str, download_id: str):
+    def __init__(self, reader: BlobReader, sha256: str, path: str, download_id: str,
+                 still_granted: Callable[[], Awaitable[None]] | None = None,
+                 recheck_every: Callable[[], float] = lambda: 15.0):
         self._reader = reader
+        # An open download is re-checked as live sessions are: a revoked or expired grant, an unpublished
+        # dataset or a disabled user stops it (Refused) within the re-check interval.
+        self._still_granted = still_granted
+        self._recheck_every = recheck_every
+        self._checked_at = monotonic()
         self.size = reader.size
         self.sha256 = sha256
         self.path = path
@@ -361,6 +373,7 @@ class DownloadStream:
         try:
             offset = 0
             while offset < self.size:
+                await self._recheck_if_due()
                 data = await in_thread(piece, offset)
                 offset += len(data)
                 yield data
@@ -374,7 +387,13 @@ class DownloadStream:
         """Up to `length` (at most 1 MiB) bytes at `offset`; b"" at or past the end."""
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
+        await self._recheck_if_due()
         return await in_thread(self._reader.pread, offset, min(length, MAX_RANGE_READ))
+
+    async def _recheck_if_due(self) -> None:
+        if self._still_granted is not None and monotonic() - self._checked_at >= self._recheck_every():
+            await self._still_granted()
+            self._checked_at = monotonic()
 
     async def aclose(self) -> None:
         if self._iterator is not None:
@@ -454,4 +473,17 @@ async def download(services: Any, authorization: DatasetAuthorization,
     except BaseException:
         reader.close()
         raise
-    return DownloadStream(reader, file.sha256, file.path, download_id), file.size, file.sha256
+
+    async def still_granted() -> None:
+        try:
+            async with services.db() as db:
+                await _current(db, authorization, services.clock.now(), same_version=False)
+        except Refused as exc:
+            await services.audit.emit(DatasetDownloadStopped(
+                actor=identity.name, source=identity.source_addr, target=dataset.name, outcome="stopped",
+                dataset=dataset.name, path=file.path, download_id=download_id, reason=exc.reason))
+            raise
+
+    stream = DownloadStream(reader, file.sha256, file.path, download_id, still_granted,
+                            lambda: services.config["policy.recheck_interval"])
+    return stream, file.size, file.sha256

@@ -262,6 +262,10 @@ class DatasetsSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPFailure("file is closed")
         try:
             data = await file_obj.stream.read_at(offset, min(size, MAX_READ))
+        except Refused:
+            # The grant was revoked (or the dataset unpublished, the user disabled) while the file was open;
+            # the stop is audited by the serving boundary.
+            raise asyncssh.SFTPPermissionDenied("access to this file was revoked") from None
         except BlobError as exc:
             log.error("datasets: %s/%s failed while read: %s", file_obj.dataset, file_obj.path, exc.safe_message)
             raise asyncssh.SFTPFailure("the file cannot be read") from None

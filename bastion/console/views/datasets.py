@@ -19,7 +19,7 @@ from bastion.errors import NotFound, UsageError
 from bastion.policy import AllowDataset, DatasetAuthorization, StepUp
 from bastion.publish import access
 from bastion.publish.catalog import Catalog, request_state
-from bastion.publish.errors import RenderError
+from bastion.publish.errors import Refused, RenderError
 from bastion.store.models import Dataset, DatasetGrant, DownloadRequest
 
 log = logging.getLogger("bastion.console")
@@ -229,6 +229,12 @@ async def download(request: web.Request) -> web.StreamResponse:
                 await response.write(piece)
         except (ConnectionError, RuntimeError):
             return response  # the client left; the download was counted when it began
+        except Refused:
+            # Revoked, unpublished or disabled while streaming (audited by the serving boundary): cut short
+            # of Content-Length, the only signal left once the headers are sent.
+            if request.transport is not None:
+                request.transport.close()
+            return response
         except Exception:
             # Headers are gone: the only honest signal left is a connection cut short of Content-Length.
             log.exception("download of %s stopped", name)
