@@ -78,29 +78,11 @@ class GlobalPolicy:
     async def load(self) -> None:
         """Read the stored overrides at start; a stored value that no longer validates stops the start
         (fail closed: falling back to the file value could silently weaken the policy)."""
-        rows = await self._rows()
-        values = {}
-        for row in rows:
-            if row.name in SECTION:
-                values[row.name] = self._parse_stored(row)
-            else:  # a setting a later version no longer lets admins change: bastion.toml decides it
-                log.warning("stored policy setting %r is not editable any more; ignored", row.name[:64])
-        self._apply(values, rows)
+        await self._read(strict=True)
 
     async def refresh(self) -> None:
         """Pick up changes made by another process (the CLI, another node); a bad row keeps the old value."""
-        rows = await self._rows()
-        values = {}
-        for row in rows:
-            if row.name not in SECTION:
-                continue
-            try:
-                values[row.name] = self._parse_stored(row)
-            except ConfigError as exc:
-                log.error("%s; keeping the value in force", exc.safe_message)
-                if row.name in self._overrides:
-                    values[row.name] = self._overrides[row.name]
-        self._apply(values, rows)
+        await self._read(strict=False)
 
     async def refresh_loop(self, interval: float = REFRESH_SECONDS) -> None:
         """Refresh forever, so a change made elsewhere applies here within `interval` seconds."""
@@ -165,6 +147,21 @@ class GlobalPolicy:
     async def _rows(self) -> list[PolicySetting]:
         async with self._sessionmaker() as db:
             return list((await db.execute(select(PolicySetting))).scalars())
+
+    async def _read(self, strict: bool) -> None:
+        # Rows of settings a later version no longer lets admins change are ignored: bastion.toml decides.
+        rows = [row for row in await self._rows() if row.name in SECTION]
+        values = {}
+        for row in rows:
+            try:
+                values[row.name] = self._parse_stored(row)
+            except ConfigError as exc:
+                if strict:
+                    raise
+                log.error("%s; keeping the value in force", exc.safe_message)
+                if row.name in self._overrides:
+                    values[row.name] = self._overrides[row.name]
+        self._apply(values, rows)
 
     @staticmethod
     def _parse_stored(row: PolicySetting) -> Any:

@@ -155,7 +155,8 @@ def test_an_idle_timeout_set_from_the_cli_reaches_the_running_gateway(testbed):
     assert garbage.returncode == 2 and b"config error: session.idle_timeout: must be a number" in garbage.stderr
     fixed = bastion_cli(testbed.data_dir, "policy", "set", "listen", "0.0.0.0:22")
     assert fixed.returncode == 1 and b"not a global policy setting" in fixed.stderr
-    assert b"session.idle_timeout" not in bastion_cli(testbed.data_dir, "policy", "show").stdout.split(b"console")[0]
+    shown = {row["name"]: row for row in json.loads(bastion_cli(testbed.data_dir, "policy", "show", "--json").stdout)}
+    assert (shown["session.idle_timeout"]["value"], shown["session.idle_timeout"]["origin"]) == (0.0, "default")
     changed = bastion_cli(testbed.data_dir, "policy", "set", "session.idle_timeout", "0.05")  # 3 seconds
     assert changed.returncode == 0, changed.stderr
     shown = {row["name"]: row for row in json.loads(bastion_cli(testbed.data_dir, "policy", "show", "--json").stdout)}
