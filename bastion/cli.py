@@ -171,6 +171,9 @@ async def _serve(config: Any, announce: Callable[[tuple[str, int]], None] | None
 
 def run_loop(main: Any, kind: str) -> Any:
     """Run the gateway's main coroutine on the configured event loop."""
+    from bastion.memtuning import tune_process
+
+    tune_process()
     if kind == "uvloop":
         import uvloop
 

@@ -37,6 +37,7 @@ class Gateway:
         self.listener = Listener(services.config, self.ssh.handle, self.console.handle)
 
     async def start(self) -> tuple[str, int]:
+        await self.services.recordings.start()  # the sealer process, before any session needs it
         sealed = await self.services.recordings.seal_abandoned()
         if sealed:
             log.warning("sealed %d recording(s) left open by an earlier crash as truncated", sealed)

@@ -20,6 +20,7 @@ from bastion.config import Config
 from bastion.globalpolicy import GlobalPolicy
 from bastion.keys import load_node_key
 from bastion.policy import Policy
+from bastion.recorder.sealer_client import SealerProcess
 from bastion.recorder.store import RecordingStore
 from bastion.sessions.registry import SessionRegistry
 from bastion.sessions.upstream import UpstreamConnector
@@ -68,7 +69,8 @@ class Services:
             config = global_policy.config
             policy = Policy(db, config)
             executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bastion-rec")
-            recordings = RecordingStore(config, vault, node_key, db, clock, executor=executor)
+            sealer = SealerProcess(config.keys_dir, lambda: config["recording.flush_interval"])
+            recordings = RecordingStore(config, vault, node_key, db, clock, executor=executor, sealer=sealer)
             sessions = SessionRegistry(db, audit, policy, recordings, clock, config.node_name, config)
             authenticator = Authenticator(
                 db, audit, clock, vault,
@@ -88,5 +90,6 @@ class Services:
     async def close(self) -> None:
         await self.sessions.stop()
         self.authenticator.close()
+        await self.recordings.stop()
         self.executor.shutdown(wait=True)
         await self.engine.dispose()

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from bastion.clock import Clock
 from bastion.config import Config
 from bastion.recorder.redact import HIDDEN, EchoTracker
-from bastion.recorder.writer import ChunkWriter, Event, WriteState
+from bastion.recorder.jobs import RecordingWriter
+from bastion.recorder.writer import Event, WriteState
 
 log = logging.getLogger("bastion.recorder")
 
 # Past this much raw data waiting for the writer the caller is asked to stop reading.
 BACKLOG_BYTES = 4 * 1024 * 1024
 BACKLOG_CHUNKS = 8
+# At most this much raw output per write job (see _take_job).
+JOB_BYTES = 1024 * 1024
 # A write job (fdatasync included) that takes longer means the storage is gone.
 IO_TIMEOUT = 30.0
 DB_TIMEOUT = 30.0
@@ -47,11 +48,11 @@ def describe_exception(exc: BaseException) -> str:
 
 
 class SessionRecorder:
-    """Records one session.  Every method is called from the event loop; the writing happens
-    in a worker thread, one job at a time and in order."""
+    """Records one session.  Every method is called from the event loop; the sealing and writing
+    happen elsewhere (the sealer process, or a worker thread), one job at a time and in order."""
 
-    def __init__(self, *, recording_id: str, session_id: str, path: Path, writer: ChunkWriter,
-                 executor: Executor, clock: Clock, config: Config, echo_tracking: bool,
+    def __init__(self, *, recording_id: str, session_id: str, path: Path, writer: RecordingWriter,
+                 clock: Clock, config: Config, echo_tracking: bool,
                  on_failure: Callable[[str], None], update_row: Callable[..., Awaitable[None]],
                  on_closed: Callable[[str], None]):
         self.recording_id = recording_id
@@ -60,7 +61,6 @@ class SessionRecorder:
         self.bytes_in = 0
         self.bytes_out = 0
         self._writer = writer
-        self._executor = executor
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._start = clock.monotonic()
@@ -156,7 +156,8 @@ class SessionRecorder:
 
     async def flush(self) -> None:
         """Write what is waiting now and return once it is on disk (undecided input stays)."""
-        for _ in range(2):  # the job in flight, then everything that queued behind it
+        # The job in flight, then everything that queued behind it, a job at a time.
+        for _ in range(2 + self._buffer_bytes // JOB_BYTES):
             if self._closing or self._failed is not None:
                 return
             if self._job is None:
@@ -249,16 +250,34 @@ class SessionRecorder:
     def _kick(self) -> None:
         if self._job is not None or not self._buffer or self._failed is not None:
             return
-        batch, self._buffer = self._buffer, []
-        self._inflight_bytes, self._buffer_bytes = self._buffer_bytes, 0
-        self._inflight_events = len(batch)
-        self._flush_due = False
+        batch, size = self._take_job()
+        self._inflight_bytes, self._inflight_events = size, len(batch)
+        self._buffer_bytes -= size
+        self._flush_due = self._flush_due and bool(self._buffer)  # the rest goes in the next job
         try:
-            self._job = self._loop.run_in_executor(self._executor, self._writer.append, batch)
-        except RuntimeError as exc:  # executor shut down under us
+            self._job = self._writer.append(batch)
+        except RuntimeError as exc:  # the writer stopped under us
             self._fail("recording writer stopped", exc)
             return
         self._job.add_done_callback(self._on_job_done)
+
+    def _take_job(self) -> tuple[list[Event], int]:
+        """The next job: the whole buffer, or its first JOB_BYTES under bulk output.
+
+        A bounded job keeps the relay and the sealer working at the same time: while one job is sealed,
+        the next fills, and the session is paused only when the sealer falls a whole backlog behind.
+        """
+        if self._buffer_bytes <= JOB_BYTES:
+            batch, self._buffer = self._buffer, []
+            return batch, self._buffer_bytes
+        size = count = 0
+        for _, _, payload in self._buffer:
+            count += 1
+            size += len(payload)
+            if size >= JOB_BYTES:
+                break
+        batch, self._buffer = self._buffer[:count], self._buffer[count:]
+        return batch, size
 
     def _on_job_done(self, job: asyncio.Future[WriteState]) -> None:
         if job is not self._job:
@@ -287,10 +306,9 @@ class SessionRecorder:
     async def _finish(self, end_reason: str) -> None:
         batch, self._buffer = self._buffer, []
         self._buffer_bytes = 0
-        finish = functools.partial(self._writer.finish, batch, duration=self._now(), end_reason=end_reason,
-                                   closed_at=self._clock.now().isoformat())
         try:
-            self._job = self._loop.run_in_executor(self._executor, finish)
+            self._job = self._writer.finish(batch, duration=self._now(), end_reason=end_reason,
+                                            closed_at=self._clock.now().isoformat())
         except RuntimeError as exc:
             self._fail("recording writer stopped", exc)
             return
@@ -345,11 +363,9 @@ class SessionRecorder:
                 await self._save_row(status="failed")
                 return
             self._job = None
-        abandon = functools.partial(self._writer.abandon, duration=self._now(),
-                                    end_reason=f"recording failed: {reason}",
-                                    closed_at=self._clock.now().isoformat())
         try:
-            repair = self._loop.run_in_executor(self._executor, abandon)
+            repair = self._writer.abandon(duration=self._now(), end_reason=f"recording failed: {reason}",
+                                          closed_at=self._clock.now().isoformat())
         except RuntimeError:
             log.error("recording %s: writer stopped; file left as it is", self.recording_id)
         else:

@@ -19,7 +19,9 @@ from bastion.clock import Clock
 from bastion.config import Config
 from bastion.errors import RecordingError
 from bastion.recorder import container
+from bastion.recorder.jobs import RecordingWriter, ThreadedWriter
 from bastion.recorder.reader import verify
+from bastion.recorder.sealer_client import SealerProcess, SealerWriter
 from bastion.recorder.sink import DB_TIMEOUT, IO_TIMEOUT, SessionRecorder, describe_exception, failure_reason
 from bastion.recorder.writer import ChunkWriter, GroupSync, header_line
 from bastion.store.models import Recording, Session
@@ -76,8 +78,10 @@ def _create_file(root: Path, path: Path, preamble: bytes) -> int:
 
 
 def _discard_file(fd: int, path: Path) -> None:
+    """Close `fd` (unless -1: already handed on) and remove the file."""
     try:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     finally:
         try:
             os.unlink(path)
@@ -97,10 +101,12 @@ def _terminal_size(width: Any, height: Any) -> tuple[int, int]:
 
 
 class RecordingStore:
-    """Opens a SessionRecorder per session; owns the worker threads that write them."""
+    """Opens a SessionRecorder per session; its chunks are sealed by the sealer process when one is given
+    (the gateway), else by worker threads of this process."""
 
     def __init__(self, config: Config, vault: Vault, node_key: Ed25519PrivateKey,
-                 sessionmaker: async_sessionmaker, clock: Clock, executor: Executor | None = None):
+                 sessionmaker: async_sessionmaker, clock: Clock, executor: Executor | None = None,
+                 sealer: SealerProcess | None = None):
         self._config = config
         self._vault = vault
         self._node_key = node_key
@@ -110,6 +116,8 @@ class RecordingStore:
         self._executor = executor or ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="bastion-recorder")
         self._live: dict[str, SessionRecorder] = {}
         self._group_sync = GroupSync(lambda: config["recording.flush_interval"])
+        self._sealer = sealer
+        self._stopping = False
 
     @property
     def recordings_dir(self) -> Path:
@@ -136,6 +144,16 @@ class RecordingStore:
         path = recording_path(self.recordings_dir, session_id, now)
         fd = await self._create(path, preamble, session_id)
         recording_id = str(uuid.uuid4())
+        header = header_line(width, height, int(now.timestamp()), str(term), str(title))
+        try:
+            writer = await self._writer(recording_id, fd, path, session_id, data_key, preamble, header)
+        except BaseException as exc:
+            _discard_file(fd, path)
+            if not isinstance(exc, Exception):
+                raise
+            log.error("recording of session %s: sealer refused it (%s)", session_id, describe_exception(exc))
+            reason = "the recorder is stopping" if self._stopping else "the recorder is unavailable"
+            raise RecordingError(f"recording could not be started: {reason}") from None
         try:
             async with asyncio.timeout(DB_TIMEOUT):
                 async with self._sessionmaker() as db, db.begin():
@@ -143,17 +161,15 @@ class RecordingStore:
                                      chunks=0, size=len(preamble), last_hash="", created_at=now))
         except BaseException as exc:
             # Quick syscalls, done inline so a cancelled open() leaves no orphan file either.
-            _discard_file(fd, path)
+            self._release(writer)
+            _discard_file(-1, path)
             if not isinstance(exc, Exception):
                 raise
             log.error("recording of session %s: index row not created (%s)", session_id, describe_exception(exc))
             raise RecordingError("recording could not be started: the recording index is unavailable") from None
-        writer = ChunkWriter(fd, session_id, data_key, preamble,
-                             header_line(width, height, int(now.timestamp()), str(term), str(title)),
-                             self._config["recording.chunk_bytes"], self._node_key, group_sync=self._group_sync)
         recorder = SessionRecorder(
             recording_id=recording_id, session_id=session_id, path=path, writer=writer,
-            executor=self._executor, clock=self._clock, config=self._config, echo_tracking=echo_tracking,
+            clock=self._clock, config=self._config, echo_tracking=echo_tracking,
             on_failure=on_failure, update_row=lambda **values: self._update_row(recording_id, **values),
             on_closed=self._forget)
         self._live[recording_id] = recorder
@@ -190,10 +206,40 @@ class RecordingStore:
             count += 1
         return count
 
+    async def start(self) -> None:
+        """Start the sealer process now, so the first session does not wait for it."""
+        if self._sealer is not None:
+            await self._sealer.start()
+
+    async def stop(self) -> None:
+        """Stop the sealer process (after every recorder is closed; what is still open stays unsealed)."""
+        self._stopping = True
+        if self._sealer is not None:
+            await self._sealer.stop()
+
     def shutdown(self) -> None:
         """Stop the worker threads this store created (after every recorder is closed)."""
+        self._stopping = True
         if self._owns_executor:
             self._executor.shutdown(wait=True)
+
+    async def _writer(self, recording_id: str, fd: int, path: Path, session_id: str, data_key: bytes,
+                      preamble: bytes, header: bytes) -> RecordingWriter:
+        chunk_bytes = self._config["recording.chunk_bytes"]
+        if self._sealer is None:
+            return ThreadedWriter(ChunkWriter(fd, session_id, data_key, preamble, header, chunk_bytes,
+                                              self._node_key, group_sync=self._group_sync), self._executor)
+        async with asyncio.timeout(IO_TIMEOUT):
+            writer = await self._sealer.open(recording_id, path=path, session_id=session_id, data_key=data_key,
+                                             preamble=preamble, header=header, chunk_bytes=chunk_bytes)
+        os.close(fd)  # the sealer holds its own descriptor now
+        return writer
+
+    def _release(self, writer: RecordingWriter) -> None:
+        if isinstance(writer, ThreadedWriter):
+            writer.chunk.close_file()
+        elif isinstance(writer, SealerWriter) and self._sealer is not None:
+            self._sealer.drop(writer.recording_id, writer.generation)
 
     async def _create(self, path: Path, preamble: bytes, session_id: str) -> int:
         try:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from bastion.clock import Clock
 from bastion.config import Config, load_config
 from bastion.keys import create_node_key, load_node_key
+from bastion.recorder.sealer_client import SealerProcess
 from bastion.recorder.sink import SessionRecorder
 from bastion.recorder.store import RecordingStore
 from bastion.store.engine import make_engine, make_sessionmaker
@@ -45,11 +46,17 @@ class RecorderEnv:
     def public_key(self) -> Ed25519PublicKey:
         return self.node_key.public_key()
 
-    def store(self, *, clock: Clock | None = None, executor: Any = None, node: str = NODE,
-              **settings: Any) -> RecordingStore:
-        """A RecordingStore over this data dir; `settings` as Config.replace (recording__chunk_bytes=...)."""
+    def store(self, *, clock: Clock | None = None, executor: Any = None, node: str = NODE, sealed: bool = False,
+              keys_dir: Path | None = None, **settings: Any) -> RecordingStore:
+        """A RecordingStore over this data dir; `settings` as Config.replace (recording__chunk_bytes=...).
+
+        sealed: chunks are sealed by a real sealer process (as in the gateway), not by worker threads.
+        """
         config = self.config.replace(node_name=node, **settings)
-        store = RecordingStore(config, self.vault, self.node_key, self.db, clock or self.clock, executor=executor)
+        sealer = SealerProcess(keys_dir or config.keys_dir, lambda: config["recording.flush_interval"]) \
+            if sealed else None
+        store = RecordingStore(config, self.vault, self.node_key, self.db, clock or self.clock, executor=executor,
+                               sealer=sealer)
         self.stores.append(store)
         return store
 
@@ -87,6 +94,7 @@ async def env(tmp_path: Path):
                               make_sessionmaker(engine), Clock())
     yield environment
     for store in environment.stores:
+        await store.stop()
         store.shutdown()
     await engine.dispose()
 

@@ -52,7 +52,7 @@ asyncio.run(main(*sys.argv[1:]))
 def simulate_process_death(rec) -> None:
     """What SIGKILL does to a recorder: no more timers, the file descriptor just closes."""
     rec._cancel_timer()
-    rec._writer.close_file()
+    rec._writer.chunk.close_file()
 
 
 async def record_chunks(env, store, count: int):

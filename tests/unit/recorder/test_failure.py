@@ -36,8 +36,9 @@ def noise(size: int) -> bytes:
     return base64.b64encode(os.urandom(size * 3 // 4))
 
 
-async def test_disk_full_fails_closed_and_keeps_the_whole_chunks(env, small_disk):
-    store = env.store(recording__dir=str(small_disk), recording__chunk_bytes=4096)
+@pytest.mark.parametrize("sealed", [False, True], ids=["threads", "sealer-process"])
+async def test_disk_full_fails_closed_and_keeps_the_whole_chunks(env, small_disk, sealed):
+    store = env.store(recording__dir=str(small_disk), recording__chunk_bytes=4096, sealed=sealed)
     rec = await env.open(store)
     written = []
     for _ in range(200):
@@ -64,11 +65,12 @@ async def test_disk_full_fails_closed_and_keeps_the_whole_chunks(env, small_disk
     assert text.encode() == b"".join(written[:report.chunks])
 
 
-async def test_read_only_storage_refuses_the_session(env, tmp_path):
+@pytest.mark.parametrize("sealed", [False, True], ids=["threads", "sealer-process"])
+async def test_read_only_storage_refuses_the_session(env, tmp_path, sealed):
     directory = tmp_path / "ro"
     mount_tmpfs(directory, "size=64k,ro")
     try:
-        store = env.store(recording__dir=str(directory))
+        store = env.store(recording__dir=str(directory), sealed=sealed)
         with pytest.raises(RecordingError) as refused:
             await env.open(store)
         assert refused.value.safe_message == "recording could not be started: recording storage is read-only"
@@ -86,7 +88,7 @@ async def test_write_error_on_the_descriptor_fails_closed(env):
     assert rec.state.chunks == 1
     full = os.open("/dev/full", os.O_WRONLY)
     try:
-        os.dup2(full, rec._writer._fd)
+        os.dup2(full, rec._writer.chunk._fd)
     finally:
         os.close(full)
     rec.output(b"b" * 300)

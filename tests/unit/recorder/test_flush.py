@@ -92,7 +92,7 @@ async def test_a_failure_while_backlogged_releases_the_paused_caller(env, worker
     rec.on_drained(lambda: released.append(True))
     full = os.open("/dev/full", os.O_WRONLY)
     try:
-        os.dup2(full, rec._writer._fd)  # every write from now on fails with ENOSPC
+        os.dup2(full, rec._writer.chunk._fd)  # every write from now on fails with ENOSPC
     finally:
         os.close(full)
     worker.release()

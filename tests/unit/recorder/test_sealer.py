@@ -1,0 +1,208 @@
+"""The sealer process: same recordings as the threads, fails closed when it dies, refuses garbage on its socket."""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from bastion.errors import RecordingError
+from bastion.recorder.reader import iter_lines, verify
+from bastion.recorder.sealer_client import SealerStopped, _parse_reply
+
+from .conftest import wait_until
+from .containerfile import output_text
+
+
+def lines(env, rec) -> list[list]:
+    return [json.loads(line) for line in list(iter_lines(rec.path, env.vault, env.public_key))[1:]]
+
+
+async def record_sample(env, store):
+    rec = await env.open(store, width=100, height=30)
+    rec.output(b"$ ls\r\n")
+    text = "h\u00e9llo \u2713\r\n".encode()
+    rec.output(text[:7])  # a multibyte character cut between two reads...
+    await rec.flush()  # ...and between two chunks
+    rec.output(text[7:])
+    rec.resize(120, 40)
+    rec.marker("sftp get /etc/hosts 12 bytes")
+    rec.output(os.urandom(3000).hex().encode())
+    await rec.close("exited")
+    return rec
+
+
+async def test_the_sealer_process_writes_what_the_threads_write(env):
+    threaded = await record_sample(env, env.store(recording__chunk_bytes=1024))
+    sealed = await record_sample(env, env.store(recording__chunk_bytes=1024, sealed=True))
+    report = verify(sealed.path, env.public_key, vault=env.vault)
+    assert report.ok and report.status == "sealed", report
+    assert report.chunks == verify(threaded.path, env.public_key, vault=env.vault).chunks == 2
+    assert (await env.row(sealed.recording_id)).status == "sealed"
+    ours, theirs = lines(env, threaded), lines(env, sealed)
+    assert [event[1:] for event in ours[:4]] == [event[1:] for event in theirs[:4]]
+    assert output_text(theirs).startswith("$ ls\r\nh\u00e9llo \u2713\r\n")
+    assert len(output_text(theirs)) == len(output_text(ours))
+
+
+async def test_bulk_output_is_sealed_in_bounded_jobs_and_flush_writes_all_of_it(env, monkeypatch):
+    from bastion.recorder import sink
+
+    monkeypatch.setattr(sink, "JOB_BYTES", 64 * 1024)
+    rec = await env.open(env.store(recording__chunk_bytes=16 * 1024))
+    jobs: list[int] = []
+    append = rec._writer.append
+
+    def counting(events):
+        jobs.append(sum(len(event[2]) for event in events))
+        return append(events)
+
+    rec._writer.append = counting
+    blocks = [os.urandom(12 * 1024).hex().encode() for _ in range(20)]  # 24 KiB each, 480 KiB in all
+    for block in blocks:
+        rec.output(block)
+    await rec.flush()
+    assert sum(jobs) == sum(map(len, blocks))  # nothing left behind by flush
+    assert len(jobs) >= 5 and max(jobs) < 64 * 1024 + 24 * 1024, jobs  # a job stops once it passes JOB_BYTES
+    await rec.close("exited")
+    assert output_text(lines(env, rec)) == b"".join(blocks).decode()
+
+
+async def test_a_dead_sealer_fails_its_recordings_closed_and_a_new_one_serves_the_next(env):
+    store = env.store(sealed=True)
+    rec = await env.open(store)
+    rec.output(b"before")
+    await rec.flush()
+    os.kill(store._sealer._process.pid, signal.SIGKILL)
+    await wait_until(lambda: not store._sealer.running)
+    rec.output(b"after the sealer died")
+    await rec.flush()
+    assert rec.failed == "recording writer stopped"
+    await rec.close("session ended")
+    assert env.failures == ["recording writer stopped"]  # once
+    assert (await env.row(rec.recording_id)).status == "failed"
+
+    again = await env.open(store)  # a new sealer process for new sessions
+    again.output(b"next session")
+    await again.close("exited")
+    assert verify(again.path, env.public_key, vault=env.vault).ok
+    assert output_text(lines(env, again)) == "next session"
+
+
+async def test_a_sealer_that_cannot_start_refuses_the_session_and_leaves_nothing(env, tmp_path):
+    store = env.store(sealed=True, keys_dir=tmp_path / "no-keys-here")
+    with pytest.raises(RecordingError) as refused:
+        await env.open(store)
+    assert refused.value.safe_message == "recording could not be started: the recorder is unavailable"
+    assert "no-keys-here" not in refused.value.safe_message
+    assert not list(env.config.recordings_dir.rglob("*.bcast"))
+
+
+async def test_a_stopped_store_refuses_new_recordings(env):
+    store = env.store(sealed=True)
+    await store.start()
+    await store.stop()
+    with pytest.raises(RecordingError, match="the recorder is stopping"):
+        await env.open(store)
+    assert not list(env.config.recordings_dir.rglob("*.bcast"))
+
+
+# -- the wire ------------------------------------------------------------------------------------------
+
+
+class RawSealer:
+    """A sealer process driven by hand over its socket, as the gateway would, or with garbage."""
+
+    def __init__(self, keys_dir):
+        self.ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bastion.recorder.sealer", str(keys_dir), str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
+        theirs.close()
+        self.ours.settimeout(30)
+        self.stream = self.ours.makefile("rb")
+        assert self.read() == (0, "ready")
+
+    def send(self, raw: bytes) -> None:
+        self.ours.sendall(raw)
+
+    def request(self, *message) -> tuple:
+        body = marshal.dumps(message)
+        self.send(struct.pack(">I", len(body)) + body)
+        return self.read()
+
+    def read(self):
+        head = self.stream.read(4)
+        return marshal.loads(self.stream.read(struct.unpack(">I", head)[0]))
+
+    def finish(self) -> tuple[int, str]:
+        self.stream.close()  # the file object holds the socket open too
+        self.ours.close()
+        _, err = self.process.communicate(timeout=30)
+        return self.process.returncode, err.decode(errors="replace")
+
+
+@pytest.mark.parametrize("garbage", [
+    struct.pack(">I", 0xFFFFFFFF),  # a length far past the limit
+    struct.pack(">I", 5) + b"\xff\xfe\xfd\xfc\xfb",  # not marshal
+    struct.pack(">I", 3) + b"ab",  # cut off
+    (lambda body: struct.pack(">I", len(body)) + body)(marshal.dumps(["not", "a", "tuple"])),
+    (lambda body: struct.pack(">I", len(body)) + body)(marshal.dumps((1, 2))),
+], ids=["oversized", "not-marshal", "cut-off", "list", "short-tuple"])
+def test_the_sealer_stops_on_a_malformed_request_and_writes_nothing(env, tmp_path, garbage):
+    sealer = RawSealer(env.config.keys_dir)
+    sealer.send(garbage)
+    if garbage.startswith(struct.pack(">I", 3)):
+        sealer.ours.shutdown(socket.SHUT_WR)
+    code, err = sealer.finish()
+    assert code == 1 and "sealer stopped: malformed request" in err
+    assert "\xff" not in err and "not" not in err.split("malformed request")[1]  # the kind, not the bytes
+    assert not list(tmp_path.rglob("*.bcast"))
+
+
+def test_the_sealer_answers_unknown_operations_and_recordings_with_an_error(env, tmp_path):
+    sealer = RawSealer(env.config.keys_dir)
+    target = tmp_path / "victim.bcast"
+    target.write_bytes(b"untouched")
+    assert sealer.request(7, "append", "nope", ([(0.0, "o", b"x")], 1.0)) == \
+        (7, None, 9, "recording is not open in the sealer")  # EBADF
+    assert sealer.request(8, "rm -rf", "nope", ()) == (8, None, 9, "recording is not open in the sealer")
+    # open refuses a file that is not exactly as the gateway created it (here: not just a preamble)
+    reply = sealer.request(9, "open", "r1", (str(target), "s1", b"k" * 32, b"pre", b"{}\n", 1024))
+    assert reply[:3] == (9, None, 5)  # EIO
+    link = tmp_path / "link.bcast"
+    link.symlink_to(target)
+    reply = sealer.request(10, "open", "r2", (str(link), "s1", b"k" * 32, b"untouched", b"{}\n", 1024))
+    assert reply[:3] == (10, None, 40)  # ELOOP: never follows a link
+    reply = sealer.request(11, "open", "r3", (str(target), "s1", b"short key", b"untouched", b"{}\n", 1024))
+    assert reply == (11, None, None, "ValueError")  # a bug-shaped failure names its kind only
+    code, err = sealer.finish()
+    assert code == 0
+    assert target.read_bytes() == b"untouched"
+    assert "short key" not in err
+
+
+@pytest.mark.parametrize("reply", [b"", b"\xff\x00", marshal.dumps([1, 2, 3, 4]), marshal.dumps(("1", 2, 3, 4)),
+                                   marshal.dumps((5, 1, 2)), marshal.dumps(())])
+def test_the_gateway_refuses_malformed_replies(reply):
+    with pytest.raises(ValueError):
+        _parse_reply(reply)
+
+
+async def test_a_malformed_reply_fails_the_jobs_in_flight(env):
+    store = env.store(sealed=True)
+    rec = await env.open(store)
+    process = store._sealer
+    job = process._submit(process._generation, "append", rec.recording_id, ([(0.0, "o", b"x")], 1.0))
+    process._reply(b"\xff\x00garbage")
+    with pytest.raises(SealerStopped):
+        await job
+    assert not process.running
+    await rec.close("exited")
