@@ -76,7 +76,8 @@ async def _session(port: int, key: asyncssh.SSHKey, index: int, ready: asyncio.S
         outcome.errors.append(f"session {index}: {type(exc).__name__}: {exc}"[:200])
 
 
-async def drive(port: int, key_path: Path, sessions: int, seconds: float, gateway_pid: int) -> dict[str, float]:
+async def drive(port: int, key_path: Path, sessions: int, seconds: float, gateway_pid: int,
+                echo_pid: int) -> dict[str, float]:
     key = asyncssh.read_private_key(str(key_path))
     outcome = Outcome()
     ready = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -94,10 +95,14 @@ async def drive(port: int, key_path: Path, sessions: int, seconds: float, gatewa
     await asyncio.sleep(2)
     loaded = rss_kib(gateway_pid)
     cpu_before = cpu_seconds(gateway_pid)
+    # Where the 2 cores go while typing: the gateway (with its sealer), this client, the echo target.
+    machine_before, echo_before, client_before = machine_busy_seconds(), cpu_seconds(echo_pid), time.process_time()
     start_typing.set()
     await asyncio.sleep(seconds)
     stop.set()
     cpu_used = cpu_seconds(gateway_pid) - cpu_before
+    machine_used = machine_busy_seconds() - machine_before
+    echo_used, client_used = cpu_seconds(echo_pid) - echo_before, time.process_time() - client_before
     await asyncio.wait(tasks, timeout=30)
     ordered = sorted(outcome.latencies)
 
@@ -110,13 +115,26 @@ async def drive(port: int, key_path: Path, sessions: int, seconds: float, gatewa
             "keys": len(ordered), "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": pct(100),
             "setup_s": setup_seconds, "rss_before_mib": baseline / 1024, "rss_loaded_mib": loaded / 1024,
             "kib_per_session": (loaded - baseline) / max(1, outcome.connected),
-            "gateway_cpu_us_per_key": cpu_used / max(1, len(ordered)) * 1e6}
+            "gateway_cpu_us_per_key": cpu_used / max(1, len(ordered)) * 1e6,
+            "machine_busy_cores": machine_used / seconds, "gateway_cores": cpu_used / seconds,
+            "client_cores": client_used / seconds, "echo_target_cores": echo_used / seconds}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent by every core on anything but idle and I/O wait, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time of a process (all its threads) and of its children (the recording
+    sealer), from /proc."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    total = 0
+    for each in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def measure(sessions: int, seconds: float) -> dict[str, float]:
@@ -142,7 +160,7 @@ def measure(sessions: int, seconds: float) -> dict[str, float]:
         directory.close()
         gateway = GatewayProcess(data_dir).start()
         assert gateway.process is not None
-        return asyncio.run(drive(gateway.port, key, sessions, seconds, gateway.process.pid))
+        return asyncio.run(drive(gateway.port, key, sessions, seconds, gateway.process.pid, echo.pid))
     finally:
         if gateway is not None:
             gateway.stop()

@@ -209,7 +209,10 @@ def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None
         f"| gateway RSS before / with all sessions, MiB | {concurrency['rss_before_mib']:.1f} / "
         f"{concurrency['rss_loaded_mib']:.1f} | |",
         f"| gateway memory per session, KiB | {concurrency['kib_per_session']:.0f} | <= 1024 |",
-        f"| gateway CPU per echoed key (all its threads), µs | {concurrency['gateway_cpu_us_per_key']:.0f} | |", "",
+        f"| gateway CPU per echoed key (all its threads and the sealer process), µs | {concurrency['gateway_cpu_us_per_key']:.0f} | |",
+        f"| cores busy while typing: machine / gateway / client / echo target | {concurrency['machine_busy_cores']:.2f} / "
+        f"{concurrency['gateway_cores']:.2f} / {concurrency['client_cores']:.2f} / {concurrency['echo_target_cores']:.2f} "
+        f"| of 2 |", "",
         f"Replay of a one-hour session with {REPLAY_MEGABYTES[mode_name]} MiB of output (`python -m bench.replay_seek "
         f"--megabytes {REPLAY_MEGABYTES[mode_name]}`): keyframes are built once after the session, in a process of "
         "their own; start and jump are what the server does before a player can draw.", "",

@@ -137,33 +137,46 @@ def test_a_failed_background_sync_fails_the_next_write_of_every_recording(monkey
     assert group.completed == 0
 
 
-def test_only_pages_a_finished_sync_covers_are_dropped_from_the_cache(monkeypatch, fake, tmp_path):
+def test_each_write_starts_its_write_back_and_drops_what_came_before_and_what_a_sync_covered(
+        monkeypatch, fake, tmp_path):
     time, _ = fake
-    advised: list[tuple[int, int]] = []
+    calls: list[tuple[int, int]] = []
     real = os.posix_fadvise
 
     def record(fd: int, offset: int, length: int, advice: int) -> None:
-        if advice == os.POSIX_FADV_DONTNEED:
-            advised.append((offset, length))
+        assert advice == os.POSIX_FADV_DONTNEED
+        calls.append((offset, length))
         real(fd, offset, length, advice)
 
     monkeypatch.setattr(writer.os, "posix_fadvise", record)
+    monkeypatch.setattr(writer, "RECENT_BYTES", 64 * 1024)
+    page = writer.PAGE_SIZE
     group = writer.GroupSync(lambda: 1.0)
     fd = os.open(tmp_path / "r.bcast", os.O_CREAT | os.O_WRONLY, 0o600)
     chunk = writer.ChunkWriter(fd, "s", os.urandom(32), b"P" * 10, b'{"version": 2}\n', 4096,
                                Ed25519PrivateKey.generate(), group_sync=group)
-    noise = [(0.0, "o", os.urandom(20000).hex().encode())]
-    chunk.append(noise)
-    first = chunk.state.size
-    dropped = [span for span in advised if span[0] == 0]
-    assert dropped == []  # nothing synced yet: only write-back was started, for the new bytes
-    time.now += 2
-    chunk.append(noise)  # this write's sync covers the first write, whose whole pages are then dropped
-    dropped = [span for span in advised if span[0] == 0]
-    assert dropped == [(0, first & ~(writer.PAGE_SIZE - 1))]
-    second = chunk.state.size
-    chunk.append(noise)
-    chunk.append(noise)
-    assert [span for span in advised if span[0] == 0] == dropped  # no sync since: nothing more dropped
+    noise = [(0.0, "o", os.urandom(20000).hex().encode())]  # 40 KB a write
+
+    def append() -> tuple[int, int, list[tuple[int, int]]]:
+        calls.clear()
+        start = chunk.state.size
+        chunk.append(noise)
+        return start, chunk.state.size, list(calls)
+
+    spans = []
+    for _ in range(4):
+        start, end, made = append()
+        spans.append((start, end))
+        assert made[0] == (start, end - start)  # write-back of exactly the new bytes starts at once
+        for offset, length in made[1:]:
+            assert offset % page == 0 and offset + length <= start  # a drop never reaches the new bytes
+            assert offset >= start - 64 * 1024 - page  # ...nor further back than RECENT_BYTES
+    start, end, made = append()
+    assert (0, 0) not in made and all(offset + length <= start for offset, length in made[1:])
+    time.now += 2  # a sync is due: this write syncs it, and what the sync covers is dropped from 0 on,
+    _, _, made = append()  # up to the mark taken at the first write (one mark is outstanding at a time)
+    assert made[-1] == (0, spans[0][1] & ~(page - 1)), made
+    _, _, made = append()
+    assert all(offset >= spans[0][1] & ~(page - 1) for offset, _ in made[1:])  # never again from 0
     chunk.finish([], duration=1.0, end_reason="exited", closed_at="now")
-    assert advised[-1] == (0, 0) and second < chunk.state.size  # sealed and fsynced: the whole file
+    assert calls[-1] == (0, 0)  # sealed and fsynced: the whole file
