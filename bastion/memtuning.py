@@ -21,8 +21,11 @@ TRIM_THRESHOLD = 64 * 1024 * 1024
 GC_THRESHOLDS = (20_000, 20, 20)
 
 
-def tune_process() -> None:
-    """Call once, after start-up imports: objects alive now are never scanned again (gc.freeze)."""
+def tune_process() -> bool:
+    """Call once, after start-up imports: objects alive now are never scanned again (gc.freeze).
+
+    Returns whether the allocator took the settings (glibc; elsewhere its defaults stay).
+    """
     try:
         libc = ctypes.CDLL(None)
         ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
@@ -32,3 +35,4 @@ def tune_process() -> None:
         log.debug("mallopt unavailable: keeping the allocator's defaults")
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    return bool(ok)

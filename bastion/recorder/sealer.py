@@ -7,6 +7,7 @@ to completion, in order, and gets one reply. Nothing of a session's content is e
 
 Wire format, both ways: u32 length | marshal of a tuple (marshal builds only plain values, never objects).
   request: (job_id, op, recording_id, args)      op: open | append | finish | abandon | drop
+           open's args: (path, (st_dev, st_ino), session_id, data_key, preamble, header, chunk_bytes)
   reply:   (job_id, chunks, size, last_hash) on success, (job_id, None, errno or None, reason) on failure
   first message from the sealer: (0, "ready")
 """
@@ -17,7 +18,9 @@ import errno
 import logging
 import marshal
 import os
+import signal
 import socket
+import stat
 import struct
 import sys
 from pathlib import Path
@@ -73,27 +76,35 @@ class Sealer:
         if op == "append":
             events, self._interval = args
             return writer.append(events)
-        if op in ("finish", "abandon", "drop"):
-            del self._writers[recording_id]
-            if op == "drop":
-                writer.close_file()
-                return writer.state
-            if op == "finish":
-                events, duration, end_reason, closed_at = args
-                return writer.finish(events, duration=duration, end_reason=end_reason, closed_at=closed_at)
-            duration, end_reason, closed_at = args
-            return writer.abandon(duration=duration, end_reason=end_reason, closed_at=closed_at)
+        if op == "finish":
+            events, duration, end_reason, closed_at = args
+            state = writer.finish(events, duration=duration, end_reason=end_reason, closed_at=closed_at)
+            del self._writers[recording_id]  # only once sealed: after a failure, abandon still needs it
+            return state
+        if op in ("abandon", "drop"):
+            try:
+                if op == "drop":
+                    writer.close_file()
+                    return writer.state
+                duration, end_reason, closed_at = args
+                return writer.abandon(duration=duration, end_reason=end_reason, closed_at=closed_at)
+            finally:
+                del self._writers[recording_id]
         raise ValueError("unknown operation")
 
-    def _open(self, recording_id: str, path: str, session_id: str, data_key: bytes, preamble: bytes,
-              header: bytes, chunk_bytes: int) -> WriteState:
+    def _open(self, recording_id: str, path: str, identity: tuple[int, int], session_id: str, data_key: bytes,
+              preamble: bytes, header: bytes, chunk_bytes: int) -> WriteState:
         if recording_id in self._writers:
             raise OSError(errno.EEXIST, "recording is already open in the sealer")
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # Non-blocking, so a FIFO put in its place cannot hang the sealer; never through a final symlink.
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
-            # The gateway created the file and wrote the preamble durably; anything else is not ours.
-            if os.lseek(fd, 0, os.SEEK_END) != len(preamble):
+            # Exactly the file the gateway created (device and inode), holding just the preamble it wrote.
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or (status.st_dev, status.st_ino) != tuple(identity) \
+                    or os.lseek(fd, 0, os.SEEK_END) != len(preamble):
                 raise OSError(errno.EIO, "recording file is not as created")
+            os.set_blocking(fd, True)
             writer = ChunkWriter(fd, session_id, data_key, preamble, header, chunk_bytes, self._node_key,
                                  group_sync=self._group_sync)
         except BaseException:
@@ -130,6 +141,10 @@ def main(argv: list[str]) -> int:
         print("usage: python -m bastion.recorder.sealer KEYS_DIR FD", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A stop signal meant for the gateway (Ctrl-C, systemd's SIGTERM to the whole unit) must not end the
+    # sealer before the gateway has sealed its sessions; the sealer ends when the gateway closes the socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = socket.socket(fileno=int(argv[1]))
     channel.setblocking(True)
     sealer = Sealer(Path(argv[0]))

@@ -60,7 +60,7 @@ class SealerProcess:
         self._process: subprocess.Popen | None = None
         self._transport: asyncio.Transport | None = None
         self._generation = 0
-        self._jobs: dict[int, asyncio.Future] = {}
+        self._jobs: dict[int, tuple[asyncio.Future, str, str]] = {}  # job id: (future, op, recording id)
         self._next_job = 1
         self._ready: asyncio.Future | None = None
         self._starting: asyncio.Task | None = None
@@ -91,7 +91,8 @@ class SealerProcess:
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "bastion.recorder.sealer", str(self._keys_dir), str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                start_new_session=True)  # a Ctrl-C for the gateway is not for the sealer: it ends at EOF
         except BaseException:
             ours.close()
             raise
@@ -103,18 +104,30 @@ class SealerProcess:
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 await asyncio.shield(self._ready)
-        except BaseException:
+        except TimeoutError:
             self._broken("sealer process did not start")
             raise SealerStopped("the recording sealer did not start") from None
+        except SealerStopped:
+            self._broken("sealer process did not start")
+            raise
+        except BaseException:  # cancelled: no half-started sealer left behind
+            self._broken("sealer start cancelled")
+            raise
+        if self._stopping:  # stop() came while this start was under way
+            self._broken("the recorder is stopping")
+            raise SealerStopped("the recorder is stopping")
         log.info("recording sealer process %s started", self._process.pid)
 
-    async def open(self, recording_id: str, *, path: Path, session_id: str, data_key: bytes, preamble: bytes,
-                   header: bytes, chunk_bytes: int) -> "SealerWriter":
-        """Hand a created file (preamble written) to the sealer; raises OSError or SealerStopped."""
+    async def open(self, recording_id: str, *, path: Path, identity: tuple[int, int], session_id: str,
+                   data_key: bytes, preamble: bytes, header: bytes, chunk_bytes: int) -> "SealerWriter":
+        """Hand a created file (preamble written; `identity` its st_dev and st_ino) to the sealer.
+
+        Raises OSError or SealerStopped. If the caller gives up waiting, a late success is dropped again.
+        """
         await self.start()
         generation = self._generation
         state = await self._submit(generation, "open", recording_id,
-                                   (str(path), session_id, data_key, preamble, header, chunk_bytes))
+                                   (str(path), identity, session_id, data_key, preamble, header, chunk_bytes))
         return SealerWriter(self, generation, recording_id, state)
 
     def drop(self, recording_id: str, generation: int) -> None:
@@ -131,18 +144,23 @@ class SealerProcess:
             try:
                 await asyncio.wait_for(asyncio.to_thread(process.wait), STOP_TIMEOUT)
             except TimeoutError:
+                log.error("recording sealer did not exit within %ss; killed", STOP_TIMEOUT)
                 process.kill()
-                await asyncio.to_thread(process.wait)
+                await asyncio.wait_for(asyncio.to_thread(process.wait), STOP_TIMEOUT)
 
     # -- inside -------------------------------------------------------------------------------
 
     def _submit(self, generation: int, op: str, recording_id: str, args: tuple) -> "asyncio.Future[WriteState]":
         if not self.running or generation != self._generation or self._transport is None:
             raise SealerStopped("recording writer stopped")
-        job_id, self._next_job = self._next_job, self._next_job + 1
+        job_id = self._next_job
+        message = frame((job_id, op, recording_id, args))
+        if len(message[1]) > MAX_MESSAGE:  # the sealer would take it for garbage and stop
+            raise SealerStopped("recording job too large")
+        self._next_job += 1
         future: asyncio.Future[WriteState] = asyncio.get_running_loop().create_future()
-        self._jobs[job_id] = future
-        self._transport.writelines(frame((job_id, op, recording_id, args)))
+        self._jobs[job_id] = (future, op, recording_id)
+        self._transport.writelines(message)
         return future
 
     def _reply(self, body: bytes) -> None:
@@ -156,10 +174,15 @@ class SealerProcess:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             return
-        future = self._jobs.pop(job_id, None)
-        if future is None or future.done():
+        job = self._jobs.pop(job_id, None)
+        if job is None:
             return
+        future, op, recording_id = job
         _, chunks, size, detail = message[:4]
+        if future.done():  # the caller gave up (timeout, cancel); an open it no longer wants is closed again
+            if op == "open" and chunks is not None and self.running:
+                self._submit(self._generation, "drop", recording_id, ()).add_done_callback(_ignore)
+            return
         if chunks is None:
             code, reason = message[2], message[3]
             future.set_exception(OSError(code, reason) if code is not None else RuntimeError(reason))
@@ -175,9 +198,11 @@ class SealerProcess:
             self._transport.close()
             self._transport = None
         jobs, self._jobs = self._jobs, {}
-        for future in jobs.values():
+        for future, _, _ in jobs.values():
             if not future.done():
                 future.set_exception(SealerStopped("recording writer stopped"))
+        if self._process is not None:
+            self._process.poll()  # reap it if it has exited (no zombie until the next start)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(SealerStopped(why))
             self._ready.exception()  # retrieved: start() reports it
@@ -187,7 +212,7 @@ class SealerProcess:
             self._process.kill()
         if self._process is not None:
             try:
-                self._process.wait(timeout=STOP_TIMEOUT)
+                self._process.wait(timeout=1.0)  # killed: gone at once (this runs on the event loop)
             except subprocess.TimeoutExpired:
                 pass
         self._process = None

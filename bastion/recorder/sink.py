@@ -37,6 +37,8 @@ def failure_reason(exc: BaseException, default: str = "recording could not be wr
         return "recording storage is not writable"
     if code == errno.EIO:
         return "recording storage I/O error"
+    if code == errno.ETIMEDOUT:
+        return "recording storage is not responding"
     return default
 
 
@@ -183,6 +185,12 @@ class SessionRecorder:
                 for time, payload in self._echo.finish():
                     self._record_input(time, payload)
             while self._job is not None and self._failed is None:
+                await self._wait(self._job)
+            # What is still buffered goes in bounded jobs first, so the last job is no bigger than one.
+            while self._buffer_bytes > JOB_BYTES and self._failed is None:
+                self._kick()
+                if self._job is None:
+                    break
                 await self._wait(self._job)
             if self._failed is None:
                 await self._finish(end_reason)

@@ -229,9 +229,11 @@ class RecordingStore:
         if self._sealer is None:
             return ThreadedWriter(ChunkWriter(fd, session_id, data_key, preamble, header, chunk_bytes,
                                               self._node_key, group_sync=self._group_sync), self._executor)
+        created = os.fstat(fd)
         async with asyncio.timeout(IO_TIMEOUT):
-            writer = await self._sealer.open(recording_id, path=path, session_id=session_id, data_key=data_key,
-                                             preamble=preamble, header=header, chunk_bytes=chunk_bytes)
+            writer = await self._sealer.open(recording_id, path=path, identity=(created.st_dev, created.st_ino),
+                                             session_id=session_id, data_key=data_key, preamble=preamble,
+                                             header=header, chunk_bytes=chunk_bytes)
         os.close(fd)  # the sealer holds its own descriptor now
         return writer
 

@@ -1,4 +1,5 @@
-"""Worker-thread side of a recording: turns events into sealed chunks and appends them durably."""
+"""Writer side of a recording (in the sealer process, or a worker thread): turns events into sealed chunks
+and appends them durably."""
 
 from __future__ import annotations
 
@@ -59,28 +60,39 @@ class GroupSync:
     them at once. Where syncfs is missing, sync(2) does the same for every filesystem.
 
     In the background form (the sealer process, whose one thread serves every recording) the sync runs in
-    a thread of its own: a sync that waits for the disk no longer stalls every session's writes. A failed
-    background sync fails the next write of every recording, as a failed inline sync fails its own.
+    a thread of its own: a sync that waits for the disk no longer stalls every session's writes. Fail
+    closed all the same: a failed background sync fails the next write of every recording open at the
+    time (`check`), and a sync that hangs longer than `stall_limit` fails every write while it hangs.
     """
 
-    def __init__(self, interval: Callable[[], float], *, background: bool = False):
+    def __init__(self, interval: Callable[[], float], *, background: bool = False, stall_limit: float = 30.0):
         self._interval = interval  # read at use: the global policy may change recording.flush_interval
         self._background = background
+        self._stall_limit = stall_limit
         self._lock = threading.Lock()
         self._synced_at = monotonic()
+        self._sync_began: float | None = None
         self._failure: OSError | None = None
+        self.failures = 0  # background syncs that failed so far (a writer remembers the count it opened at)
         # Syncs are numbered as they start; `completed` is the number of the last one that finished, so a
         # write that ended when `started` was n is on disk once `completed` > n.
         self.started = 0
         self.completed = 0
+
+    def check(self, failures_seen: int) -> None:
+        """Raise if a background sync failed since a writer saw `failures_seen`, or one hangs."""
+        failure = self._failure
+        if self.failures > failures_seen and failure is not None:
+            raise OSError(failure.errno, failure.strerror)
+        began = self._sync_began
+        if began is not None and monotonic() - began > self._stall_limit:
+            raise OSError(errno.ETIMEDOUT, "recording storage is not responding")
 
     def after_write(self, fd: int) -> None:
         """Called by a writer after its bytes are written: sync the filesystem if the interval is up.
 
         While another sync runs, skip: the next interval covers these bytes.
         """
-        if self._failure is not None:
-            raise OSError(self._failure.errno, self._failure.strerror)
         if monotonic() - self._synced_at < self._interval() or not self._lock.acquire(blocking=False):
             return
         if not self._background:
@@ -91,9 +103,11 @@ class GroupSync:
             return
         try:
             own = os.dup(fd)  # the recording may be closed before the sync runs
+            self._sync_began = monotonic()
             threading.Thread(target=self._sync_in_background, args=(own,), name="bastion-syncfs",
                              daemon=True).start()
         except BaseException:
+            self._sync_began = None
             self._lock.release()
             raise
 
@@ -115,15 +129,17 @@ class GroupSync:
             self._sync(fd)
         except OSError as exc:
             self._failure = exc
+            self.failures += 1
         finally:
             os.close(fd)
+            self._sync_began = None
             self._lock.release()
 
 
 @dataclass(frozen=True)
 class WriteState:
     """What is written: whole chunks, file size, hash of the last chunk (on stable storage within the sync
-    interval; a killed process loses nothing of it, a power cut at most that interval)."""
+    interval, or the write fails; a killed process loses nothing of it, a power cut at most that interval)."""
 
     chunks: int
     size: int
@@ -169,7 +185,7 @@ def header_line(width: int, height: int, timestamp: int, term: str, title: str) 
 
 
 class ChunkWriter:
-    """Owns one open container file; every method runs in a worker thread, one call at a time.
+    """Owns one open container file; its methods run one call at a time (in the sealer, or a worker thread).
 
     Nothing changes in the chain state until the bytes of a call are on disk, so after a
     failed write the state still describes the last whole chunk.
@@ -192,6 +208,7 @@ class ChunkWriter:
         # Per direction, so a multibyte character split across reads (or chunks) survives.
         self._decoders = {code: codecs.getincrementaldecoder("utf-8")(errors="replace") for code in "oi"}
         self._uncached = 0  # bytes at the start of the file already dropped from the page cache
+        self._sync_failures_seen = self._group_sync.failures  # syncs that failed before this file was open
         self._sync_mark: tuple[int, int] | None = None  # (file size, GroupSync.started) after a write
 
     @property
@@ -204,6 +221,7 @@ class ChunkWriter:
 
     def append(self, events: list[Event]) -> WriteState:
         """Seal `events` into chunks and write them (fdatasync at most once per sync interval)."""
+        self._group_sync.check(self._sync_failures_seen)
         records, seq, prev_hash = self._seal(self._lines(events), final=False)
         if records:
             self._write(records, self._group_sync.after_write)
@@ -223,7 +241,10 @@ class ChunkWriter:
         records += self._manifest(seq, prev_hash, duration, "sealed", end_reason, closed_at)
         self._write(records, os.fsync)
         self._seq, self._prev_hash, self._size = seq, prev_hash, self._size + len(records)
-        os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)  # all on disk now
+        try:
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)  # all on disk now
+        except OSError:
+            pass  # advice only
         self.close_file()
         return self.state
 
@@ -255,14 +276,17 @@ class ChunkWriter:
         host fault: measured here, 0.4-2.4 ms per MiB written, against 0.3 ms when pages are reused.
         POSIX_FADV_DONTNEED starts write-back of dirty pages and drops clean ones, never dirty ones.
         """
-        # The bytes just written: start their write-back now, so the next sync finds little to do.
-        os.posix_fadvise(self._fd, start, self._size - start, os.POSIX_FADV_DONTNEED)
-        # The bytes written just before: mostly written back by now, so dropped at once and reused by
-        # the next write. Whatever is still dirty stays, and goes once a sync covers it (below).
-        low = max(self._uncached, start - RECENT_BYTES) & ~(PAGE_SIZE - 1)
-        if start > low:
-            os.posix_fadvise(self._fd, low, start - low, os.POSIX_FADV_DONTNEED)
-        self._drop_synced_pages()
+        try:
+            # The bytes just written: start their write-back now, so the next sync finds little to do.
+            os.posix_fadvise(self._fd, start, self._size - start, os.POSIX_FADV_DONTNEED)
+            # The bytes written just before: mostly written back by now, so dropped at once and reused by
+            # the next write. Whatever is still dirty stays, and goes once a sync covers it (below).
+            low = max(self._uncached, start - RECENT_BYTES) & ~(PAGE_SIZE - 1)
+            if start > low:
+                os.posix_fadvise(self._fd, low, start - low, os.POSIX_FADV_DONTNEED)
+            self._drop_synced_pages()
+        except OSError:
+            pass  # advice only: the bytes are written either way
 
     def _drop_synced_pages(self) -> None:
         """Drop every page a finished sync covers, from where the last such drop ended."""

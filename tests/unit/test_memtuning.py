@@ -10,9 +10,9 @@ PROBE = """
 import gc, json
 from bastion.memtuning import GC_THRESHOLDS, tune_process
 before = (gc.get_threshold(), gc.get_freeze_count())
-tune_process()
+allocator = tune_process()
 print(json.dumps({"before": before, "after": [gc.get_threshold(), gc.get_freeze_count()],
-                  "wanted": GC_THRESHOLDS}))
+                  "wanted": GC_THRESHOLDS, "allocator": allocator}))
 """
 
 
@@ -24,3 +24,4 @@ def test_tuning_freezes_what_start_up_made_and_raises_the_young_threshold():
     assert report["before"][1] == 0
     assert report["after"][0] == report["wanted"] != report["before"][0]
     assert report["after"][1] > 1000  # the imported modules' objects are never scanned again
+    assert report["allocator"] is True  # glibc took the malloc thresholds (this is a glibc system)

@@ -65,12 +65,12 @@ async def test_disk_full_fails_closed_and_keeps_the_whole_chunks(env, small_disk
     assert text.encode() == b"".join(written[:report.chunks])
 
 
-@pytest.mark.parametrize("sealed", [False, True], ids=["threads", "sealer-process"])
-async def test_read_only_storage_refuses_the_session(env, tmp_path, sealed):
+async def test_read_only_storage_refuses_the_session(env, tmp_path):
+    # The gateway creates the file, so this is refused before any sealer is asked.
     directory = tmp_path / "ro"
     mount_tmpfs(directory, "size=64k,ro")
     try:
-        store = env.store(recording__dir=str(directory), sealed=sealed)
+        store = env.store(recording__dir=str(directory))
         with pytest.raises(RecordingError) as refused:
             await env.open(store)
         assert refused.value.safe_message == "recording could not be started: recording storage is read-only"

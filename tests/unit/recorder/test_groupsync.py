@@ -87,30 +87,30 @@ def test_a_background_sync_does_not_hold_up_the_writer_and_a_second_one_waits_it
     def slow(fd: int) -> int:
         entered.set()
         gate.wait(30)
-        synced.append(fd)
+        synced.append(os.fstat(fd).st_ino)  # raises if the descriptor it was given is closed
         return 0
 
     monkeypatch.setattr(writer, "_SYNCFS", slow)
     group = writer.GroupSync(lambda: 1.0, background=True)
     source = os.open("/dev/null", os.O_WRONLY)
-    try:
-        time.now += 2
-        group.after_write(source)  # returns while the disk is still busy
-        assert entered.wait(30) and synced == []
-        assert (group.started, group.completed) == (1, 0)  # what was written is not yet known durable
-        group.after_write(source)  # due, but one sync at a time: skipped, not queued behind it
-        gate.set()
-        for _ in range(3000):
-            if group.completed:
-                break
-            threading.Event().wait(0.01)
-        assert (group.started, group.completed) == (1, 1) and len(synced) == 1
-        assert synced[0] != source  # it synced through its own descriptor: the writer may close its own
-    finally:
-        os.close(source)
+    inode = os.fstat(source).st_ino
+    time.now += 2
+    group.after_write(source)  # returns while the disk is still busy
+    assert entered.wait(30) and synced == []
+    assert (group.started, group.completed) == (1, 0)  # what was written is not yet known durable
+    group.after_write(source)  # due, but one sync at a time: skipped, not queued behind it
+    os.close(source)  # the recording closes meanwhile: the sync holds a descriptor of its own
+    gate.set()
+    for _ in range(3000):
+        if group.completed:
+            break
+        threading.Event().wait(0.01)
+    assert (group.started, group.completed) == (1, 1) and synced == [inode]
+    group.check(0)  # nothing failed
 
 
-def test_a_failed_background_sync_fails_the_next_write_of_every_recording(monkeypatch, fake):
+def test_a_failed_background_sync_fails_every_recording_open_at_the_time_and_no_later_one(
+        monkeypatch, fake, tmp_path):
     time, _ = fake
     done = threading.Event()
 
@@ -121,20 +121,54 @@ def test_a_failed_background_sync_fails_the_next_write_of_every_recording(monkey
 
     monkeypatch.setattr(writer, "_SYNCFS", broken)
     group = writer.GroupSync(lambda: 1.0, background=True)
+
+    def recording(name: str) -> writer.ChunkWriter:
+        fd = os.open(tmp_path / name, os.O_CREAT | os.O_WRONLY, 0o600)
+        return writer.ChunkWriter(fd, name, os.urandom(32), b"P", b'{"version": 2}\n', 1024,
+                                  Ed25519PrivateKey.generate(), group_sync=group)
+
+    early, idle = recording("early"), recording("idle")
     time.now += 2
-    source = os.open("/dev/null", os.O_WRONLY)
-    group.after_write(source)
-    os.close(source)
+    early.append([(0.0, "o", b"x" * 2000)])  # its write starts the sync, which fails in the background
     assert done.wait(30)
     for _ in range(3000):
-        if group._failure is not None:
+        if group.failures:
             break
         threading.Event().wait(0.01)
-    for fd in (5, 6):  # any recording, due or not
+    for open_then in (early, idle):  # written since or not: both were open when the sync failed
+        before = open_then.state
         with pytest.raises(OSError) as caught:
-            group.after_write(fd)
-        assert caught.value.errno == errno.EIO
-    assert group.completed == 0
+            open_then.append([(0.1, "o", b"y" * 2000)])
+        assert caught.value.errno == errno.EIO and open_then.state == before
+    monkeypatch.setattr(writer, "_SYNCFS", lambda fd: 0)
+    later = recording("later")  # opened after the failure: its bytes are for the next sync to cover
+    later.append([(0.0, "o", b"z" * 2000)])
+    assert later.state.chunks == 1
+
+
+def test_a_hung_background_sync_fails_every_write_until_it_returns(monkeypatch, fake):
+    time, _ = fake
+    gate = threading.Event()
+    monkeypatch.setattr(writer, "_SYNCFS", lambda fd: gate.wait(30) and 0)
+    group = writer.GroupSync(lambda: 1.0, background=True, stall_limit=30.0)
+    source = os.open("/dev/null", os.O_WRONLY)
+    try:
+        time.now += 2
+        group.after_write(source)
+        group.check(0)  # running, not yet hung
+        time.now += 31
+        with pytest.raises(OSError) as caught:
+            group.check(0)
+        assert caught.value.errno == errno.ETIMEDOUT
+        gate.set()
+        for _ in range(3000):
+            if group.completed:
+                break
+            threading.Event().wait(0.01)
+        group.check(0)  # it came back: writes go on
+    finally:
+        gate.set()
+        os.close(source)
 
 
 def test_each_write_starts_its_write_back_and_drops_what_came_before_and_what_a_sync_covered(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import marshal
 import os
@@ -56,7 +58,7 @@ async def test_bulk_output_is_sealed_in_bounded_jobs_and_flush_writes_all_of_it(
     from bastion.recorder import sink
 
     monkeypatch.setattr(sink, "JOB_BYTES", 64 * 1024)
-    rec = await env.open(env.store(recording__chunk_bytes=16 * 1024))
+    rec = await env.open(env.store(recording__chunk_bytes=16 * 1024, sealed=True))
     jobs: list[int] = []
     append = rec._writer.append
 
@@ -174,18 +176,29 @@ def test_the_sealer_answers_unknown_operations_and_recordings_with_an_error(env,
     assert sealer.request(7, "append", "nope", ([(0.0, "o", b"x")], 1.0)) == \
         (7, None, 9, "recording is not open in the sealer")  # EBADF
     assert sealer.request(8, "rm -rf", "nope", ()) == (8, None, 9, "recording is not open in the sealer")
-    # open refuses a file that is not exactly as the gateway created it (here: not just a preamble)
-    reply = sealer.request(9, "open", "r1", (str(target), "s1", b"k" * 32, b"pre", b"{}\n", 1024))
-    assert reply[:3] == (9, None, 5)  # EIO
+    # open refuses a file that is not exactly the one the gateway created, holding just its preamble
+    status = os.stat(target)
+    identity = (status.st_dev, status.st_ino)
+    reply = sealer.request(9, "open", "r1", (str(target), identity, "s1", b"k" * 32, b"pre", b"{}\n", 1024))
+    assert reply[:3] == (9, None, 5)  # EIO: not just a preamble
+    other = tmp_path / "other.bcast"
+    other.write_bytes(b"untouched")
+    reply = sealer.request(9, "open", "r1", (str(other), identity, "s1", b"k" * 32, b"untouched", b"{}\n", 1024))
+    assert reply[:3] == (9, None, 5)  # EIO: the right size, but another file (swapped in by path)
     link = tmp_path / "link.bcast"
     link.symlink_to(target)
-    reply = sealer.request(10, "open", "r2", (str(link), "s1", b"k" * 32, b"untouched", b"{}\n", 1024))
+    reply = sealer.request(10, "open", "r2", (str(link), identity, "s1", b"k" * 32, b"untouched", b"{}\n", 1024))
     assert reply[:3] == (10, None, 40)  # ELOOP: never follows a link
-    reply = sealer.request(11, "open", "r3", (str(target), "s1", b"short key", b"untouched", b"{}\n", 1024))
+    fifo = tmp_path / "fifo.bcast"
+    os.mkfifo(fifo)
+    reply = sealer.request(12, "open", "r4", (str(fifo), identity, "s1", b"k" * 32, b"", b"{}\n", 1024))
+    assert reply[:3] == (12, None, 6)  # ENXIO at once: a FIFO without a reader cannot hang the sealer
+    reply = sealer.request(11, "open", "r3", (str(target), identity, "s1", b"short key", b"untouched", b"{}\n",
+                                              1024))
     assert reply == (11, None, None, "ValueError")  # a bug-shaped failure names its kind only
     code, err = sealer.finish()
     assert code == 0
-    assert target.read_bytes() == b"untouched"
+    assert target.read_bytes() == b"untouched" and other.read_bytes() == b"untouched"
     assert "short key" not in err
 
 
@@ -206,3 +219,97 @@ async def test_a_malformed_reply_fails_the_jobs_in_flight(env):
         await job
     assert not process.running
     await rec.close("exited")
+
+
+async def test_the_sealer_outlives_stop_signals_meant_for_the_gateway(env):
+    # Ctrl-C goes to a process group, systemd's SIGTERM to the whole unit: the gateway then seals its live
+    # sessions, which needs the sealer; it ends when the gateway closes the socket.
+    store = env.store(sealed=True)
+    rec = await env.open(store)
+    rec.output(b"before the signals")
+    await rec.flush()
+    process = store._sealer._process
+    assert os.getpgid(process.pid) != os.getpgid(0)  # not in the gateway's group either
+    os.kill(process.pid, signal.SIGTERM)
+    os.kill(process.pid, signal.SIGINT)
+    rec.output(b" and after")
+    await rec.close("the gateway is shutting down")
+    assert process.poll() is None and store._sealer.running
+    assert verify(rec.path, env.public_key, vault=env.vault).status == "sealed"
+    assert output_text(lines(env, rec)) == "before the signals and after"
+    await store.stop()
+    assert process.poll() == 0  # the closed socket ends it
+
+
+async def test_a_job_in_flight_when_the_sealer_dies_fails_the_recording_once(env):
+    store = env.store(sealed=True, recording__chunk_bytes=1024)
+    rec = await env.open(store)
+    pid = store._sealer._process.pid
+    os.kill(pid, signal.SIGSTOP)  # the next job stays in flight
+    try:
+        rec.output(b"x" * 4096)  # past chunk_bytes: a job is sent at once
+        assert rec._job is not None and not rec._job.done()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    await wait_until(lambda: rec.failed is not None)
+    assert rec.failed == "recording could not be written"
+    await rec.close("session ended")
+    assert env.failures == ["recording could not be written"]
+    assert (await env.row(rec.recording_id)).status == "failed"
+
+
+async def test_an_open_the_gateway_gave_up_on_is_closed_again_in_the_sealer(env, tmp_path):
+    store = env.store(sealed=True)
+    await store.start()
+    sealer = store._sealer
+    pid = sealer._process.pid
+    path = tmp_path / "given-up.bcast"
+    path.write_bytes(b"PRE")
+    status = os.stat(path)
+
+    def holds_it() -> bool:
+        return any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(sealer.open("r-late", path=path, identity=(status.st_dev, status.st_ino),
+                                               session_id="s", data_key=os.urandom(32), preamble=b"PRE",
+                                               header=b"{}\n", chunk_bytes=1024), 0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await wait_until(lambda: not sealer._jobs)  # the late reply came, and the drop sent for it was answered
+    assert not holds_it()
+
+
+def test_a_failed_finish_leaves_the_recording_to_abandon(env, tmp_path):
+    from bastion.recorder.sealer import Sealer
+
+    sealer = Sealer(env.config.keys_dir)
+    from bastion.recorder import container
+
+    path = tmp_path / "s.bcast"
+    data_key = os.urandom(32)
+    preamble = container.encode_preamble("s", "2026-11-28T12:00:00+00:00", "node-test",
+                                         env.vault.wrap_key(data_key, context=container.key_context("s")))
+    path.write_bytes(preamble)
+    status = os.stat(path)
+    sealer.handle("open", "r", (str(path), (status.st_dev, status.st_ino), "s", data_key, preamble,
+                                b'{"version": 2}\n', 1024))
+    first = sealer.handle("append", "r", ([(0.0, "o", b"a" * 2000)], 1.0))
+    writer_fd = sealer._writers["r"]._fd
+    saved = os.dup(writer_fd)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, writer_fd)
+    with pytest.raises(OSError) as caught:
+        sealer.handle("finish", "r", ([(0.1, "o", b"b" * 2000)], 1.0, "exited", "now"))
+    assert caught.value.errno == errno.ENOSPC
+    os.dup2(saved, writer_fd)  # the storage recovers; the recording is still there to be cut back
+    os.close(saved)
+    os.close(full)
+    repaired = sealer.handle("abandon", "r", (1.0, "recording failed: recording storage full", "now"))
+    assert repaired.chunks == first.chunks and "r" not in sealer._writers
+    from bastion.recorder.reader import verify as check
+
+    report = check(path, env.public_key, vault=env.vault)
+    assert report.status == "failed" and report.chunks == first.chunks
