@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bastion.recorder import writer
+from bastion.recorder.sink import failure_reason
 
 
 class FakeTime:
@@ -160,6 +161,7 @@ def test_a_hung_background_sync_fails_every_write_until_it_returns(monkeypatch, 
         with pytest.raises(OSError) as caught:
             group.check(0)
         assert caught.value.errno == errno.ETIMEDOUT
+        assert failure_reason(caught.value) == "recording storage is not responding"  # what the user is told
         gate.set()
         for _ in range(3000):
             if group.completed:

@@ -313,3 +313,30 @@ def test_a_failed_finish_leaves_the_recording_to_abandon(env, tmp_path):
 
     report = check(path, env.public_key, vault=env.vault)
     assert report.status == "failed" and report.chunks == first.chunks
+
+
+async def test_a_job_over_the_message_limit_is_refused_here_and_the_sealer_keeps_serving(env, monkeypatch):
+    from bastion.recorder import sealer_client
+
+    store = env.store(sealed=True)
+    rec = await env.open(store)
+    monkeypatch.setattr(sealer_client, "MAX_MESSAGE", 4096)  # the sealer itself keeps the real limit
+    with pytest.raises(SealerStopped, match="too large"):
+        rec._writer.append([(0.0, "o", b"x" * 8192)])  # sent, the sealer would stop on it as garbage
+    assert store._sealer.running and not store._sealer._jobs
+    rec.output(b"small enough")
+    await rec.close("exited")
+    assert verify(rec.path, env.public_key, vault=env.vault).status == "sealed"
+
+
+async def test_an_oversized_reply_header_breaks_the_channel_and_fails_the_jobs_in_flight(env):
+    store = env.store(sealed=True)
+    rec = await env.open(store)
+    process = store._sealer
+    job = process._submit(process._generation, "append", rec.recording_id, ([(0.0, "o", b"x")], 1.0))
+    process._transport.get_protocol().data_received(struct.pack(">I", 0xFFFFFFFF) + b"junk")
+    with pytest.raises(SealerStopped):
+        await job
+    assert not process.running
+    await rec.close("exited")
+    assert rec.failed == "recording writer stopped"
