@@ -1,15 +1,15 @@
 """Builds a recording's keyframes in a process of its own (`python -m bastion.recorder.keyframes_job`).
 
-Terminal emulation of a long session is seconds of pure-Python CPU; in its own, lower-priority
-process it never holds the gateway's interpreter lock while live sessions are being served.
+Terminal emulation of a long session is seconds of pure-Python CPU; in its own process, run as idle
+work (bastion.idlework), it never holds the gateway's interpreter lock nor takes a core from live sessions.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from bastion.idlework import become_idle_work
 from bastion.recorder import keyframes
 from bastion.vault import Vault
 
@@ -19,10 +19,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m bastion.recorder.keyframes_job KEYS_DIR RECORDING", file=sys.stderr)
         return 2
     keys_dir, path = Path(argv[0]), Path(argv[1])
-    try:
-        os.nice(19)  # idle work: never take a core from live sessions
-    except OSError:
-        pass
+    become_idle_work()  # never take a core from live sessions
     vault = Vault.load(keys_dir)
     frames = keyframes.build(path, vault)
     if frames:

@@ -78,3 +78,99 @@ def test_render_keeps_text_colour_and_cursor():
     assert again.display == screen.display
     assert (again.cursor.x, again.cursor.y) == (screen.cursor.x, screen.cursor.y)
     assert again.buffer[0][0].fg == "red" and again.buffer[1][0].bold
+
+
+# Screens left in different states by earlier output: cursor anywhere, colours, insert and new-line
+# modes, autowrap off, text everywhere; the plain output after it must leave them alike either way.
+PRELUDES = [
+    "",
+    "\x1b[2J\x1b[5;10Hmiddle\x1b[1;31mred",
+    "\x1b[4h" + "\n".join(f"row {i}" for i in range(30)) + "\x1b[3;1H",
+    "\x1b[?7l" + "w" * 300 + "\x1b[H\x1b[7mreverse",
+    "\x1b[10;1H" + "left\ttabbed\r\n" * 3 + "\x1b[24;70Hcorner",
+    "\x1b[24;80Hx",                     # the cursor waits at the right edge (the next character wraps)
+    "\x1b[?7l\x1b[24;78Habc",           # ... or stays there, autowrap off
+]
+
+
+def _plain_output(seed: int) -> str:
+    """Terminal output (CR LF, some wide characters and tabs) for even seeds; output without a terminal
+    (bare LF, ASCII: base64, logs) for odd ones."""
+    import random
+
+    rng = random.Random(seed)
+    letters, ends = ("abcdefghij XYZ\tä日", ["\r\n", "\r\n", "\n", "\r", "\n\r"]) if seed % 2 == 0 else \
+        ("abcdefghij+/XYZ=", ["\n"])
+    pieces = []
+    for _ in range(rng.randint(40, 120)):
+        text = "".join(rng.choice(letters) for _ in range(rng.choice([0, 5, 70, 76, 79, 80, 81, 160, 200])))
+        pieces.append(text + rng.choice(ends))
+    if seed % 4 == 3:  # blank lines last: the column the skipped text left is all the end shows of it
+        pieces.append("\n" * 60)
+    return "".join(pieces)
+
+
+def _state(screen: pyte.Screen) -> tuple:
+    cells = [[screen.buffer[y][x] for x in range(screen.columns)] for y in range(screen.lines)]
+    return keyframes.render(screen), cells, screen.cursor.x, screen.cursor.y, screen.cursor.attrs
+
+
+@pytest.mark.parametrize("prelude", PRELUDES)
+def test_plain_output_leaves_the_same_screen_from_its_tail_as_in_full(prelude):
+    skipped = 0
+    # Generated outputs, and ASCII that ends exactly at, just past and just before the right edge.
+    outputs = [_plain_output(seed) for seed in range(24)] + ["a" * n + "\n" * 60 for n in (160, 161, 79)]
+    for seed, data in enumerate(outputs):
+        full, tail = pyte.Screen(80, 24), pyte.Screen(80, 24)
+        for screen in (full, tail):
+            pyte.Stream(screen).feed(prelude)
+        part = keyframes.skip_plain(data, tail)
+        pyte.Stream(full).feed(data)
+        pyte.Stream(tail).feed(part)
+        assert _state(tail) == _state(full), f"seed {seed}"
+        skipped += len(part) < len(data)
+    assert skipped >= 16  # most of these outputs are long enough to skip: the check above is not vacuous
+
+
+@pytest.mark.parametrize("data", [
+    "x\r\n" * 100 + "\x1b[31mred\r\n" + "y\r\n" * 100,   # an escape changes modes: all of it counts
+    "x\r\n" * 100 + "\x0e" + "y\r\n" * 100,              # shift-out switches the character set
+    "x\r\n" * 100 + "\x9b2J" + "y\r\n" * 100,            # an 8-bit CSI
+    "x\ty\n" * 300,                                     # no carriage return, and a tab: column unknown
+    "日\n" * 300,                                       # ... or a wide character
+    "x\r\n" * 40,                                       # too few line feeds to scroll everything off
+])
+def test_output_with_controls_or_too_few_lines_is_emulated_in_full(data):
+    assert keyframes.skip_plain(data, pyte.Screen(80, 24)) == data
+
+
+@pytest.mark.parametrize("mode", ["\x1b[5;20r", "\x1b[20h"], ids=["scroll-region", "new-line-mode"])
+def test_a_scroll_region_or_new_line_mode_keeps_the_output_whole(mode):
+    screen = pyte.Screen(80, 24)
+    pyte.Stream(screen).feed(mode)
+    data = "x\r\n" * 300
+    assert keyframes.skip_plain(data, screen) == data
+
+
+async def test_keyframes_of_bulk_output_are_those_of_emulating_every_byte(env, monkeypatch):
+    clock = FixedClock(START)
+    recorder = await env.open(env.store(clock=clock, recording__flush_interval=0.05))
+    for second in range(130):
+        clock.advance(1.0)
+        body = "".join(f"{second:03d} {'QUJD' * (line % 25)}\n" for line in range(90))
+        if second % 3 == 0:
+            recorder.output(body.replace("\n", "\r\n").encode())  # through a terminal
+        elif second % 3 == 1:
+            recorder.output(body.encode())  # without one: bare line feeds
+        else:  # an escape split across two reads: the second read looks plain but is not
+            recorder.output(b"\x1b[3")
+            recorder.output(b"1m" + body.encode())
+            recorder.output(b"\x1b[0m\x1b[?7l" + b"w" * 120 + b"\x1b[?7h")
+        if second == 64:
+            recorder.resize(100, 30)
+    await recorder.close("exited")
+    fast = keyframes.build(recorder.path, env.vault, interval=10.0)
+    monkeypatch.setattr(keyframes, "is_plain", lambda data: False)  # nothing skipped: every byte emulated
+    slow = keyframes.build(recorder.path, env.vault, interval=10.0)
+    assert len(fast) == 13
+    assert fast == slow
