@@ -73,7 +73,7 @@ KEYFRAME_JOB_TIMEOUT = 3600.0
 
 
 async def build_keyframes(services: Any, session_id: str) -> int:
-    """Seek points for a finished session's replay, built by a separate process run as idle work."""
+    """Seek points for a finished session's replay, built by a separate lowest-priority process."""
     row = await _recording(services, session_id)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bastion.recorder.keyframes_job", str(services.config.keys_dir), row.path,

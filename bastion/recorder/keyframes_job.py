@@ -1,7 +1,8 @@
 """Builds a recording's keyframes in a process of its own (`python -m bastion.recorder.keyframes_job`).
 
-Terminal emulation of a long session is seconds of pure-Python CPU; in its own process, run as idle
-work (bastion.idlework), it never holds the gateway's interpreter lock nor takes a core from live sessions.
+Terminal emulation of a long session is seconds of pure-Python CPU; in its own process, at the lowest
+priority (bastion.lowpriority), it never holds the gateway's interpreter lock and yields the CPU to live
+sessions.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bastion.idlework import become_idle_work
+from bastion.lowpriority import lower_priority
 from bastion.recorder import keyframes
 from bastion.vault import Vault
 
@@ -19,7 +20,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m bastion.recorder.keyframes_job KEYS_DIR RECORDING", file=sys.stderr)
         return 2
     keys_dir, path = Path(argv[0]), Path(argv[1])
-    become_idle_work()  # never take a core from live sessions
+    lower_priority()  # yield the CPU to live sessions
     vault = Vault.load(keys_dir)
     frames = keyframes.build(path, vault)
     if frames:

@@ -1,8 +1,8 @@
 """Extracts and seals one recording's search entries in a process of its own (`python -m bastion.search.job`)."""
 
-# Terminal emulation is seconds of pure-Python CPU for a long session; in its own process, run as
-# idle work (bastion.idlework), it never holds the gateway's interpreter lock nor takes a core from
-# live sessions. The clear text never leaves this process: it prints (JSON on stdout) the index key
+# Terminal emulation is seconds of pure-Python CPU for a long session; in its own process, at the
+# lowest priority (bastion.lowpriority), it never holds the gateway's interpreter lock and yields the
+# CPU to live sessions. The clear text never leaves this process: it prints (JSON on stdout) the index key
 # wrapped by the vault and the sealed entries, which the gateway stores.
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bastion.errors import RecordingError
-from bastion.idlework import become_idle_work
+from bastion.lowpriority import lower_priority
 from bastion.recorder.reader import read_verified_lines, verify
 from bastion.search import seal
 from bastion.search.extract import extract_cast
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     except ValueError:
         print(USAGE, file=sys.stderr)
         return 2
-    become_idle_work()  # never take a core from live sessions
+    lower_priority()  # yield the CPU to live sessions
     result = build(Path(argv[0]), Path(argv[1]), argv[2], argv[3], public)
     sys.stdout.write(json.dumps(result, separators=(",", ":")))
     return 0
