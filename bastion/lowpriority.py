@@ -21,10 +21,12 @@ def lower_priority() -> list[str]:
     gateway: a job whose gateway is gone would only burn CPU for an answer nobody reads.
     Each step is best effort; the work is the same either way.
 
-    Not SCHED_IDLE, though it sounds right: the scheduler counts a CPU running only SCHED_IDLE work
-    as idle when it places a waking task, so live sessions were woken onto the job's CPU and waited
-    for it to be interrupted. Measured on this 2-core VM, keystroke echo p99 through the gateway
-    right after a 256 MiB session was 4.0-4.5 ms with SCHED_IDLE and 0.8-1.1 ms at nice 19.
+    Not SCHED_IDLE: the scheduler counts a CPU running only SCHED_IDLE work as idle when it places a
+    waking task, so a live session may be woken onto the job's CPU and wait for it to be preempted,
+    and it measured no better. On this 2-core VM, keystroke echo p99 through the gateway right after
+    a 256 MiB session was 4.0-7.9 ms in 6 runs with SCHED_IDLE and 0.7-5.0 ms in 6 runs without;
+    with two busy background processes it was 0.6-5 ms under either (this VM's wake-up latency
+    under load varies from run to run). What keeps live sessions fast is that the jobs are short.
     """
     taken: list[str] = []
     parent = os.getppid()
