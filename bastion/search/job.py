@@ -2,8 +2,8 @@
 
 # Terminal emulation is seconds of pure-Python CPU for a long session; in its own process, at the
 # lowest priority (bastion.lowpriority), it never holds the gateway's interpreter lock and yields the
-# CPU to live sessions. The clear text never leaves this process: it prints (JSON on stdout) the index key
-# wrapped by the vault and the sealed entries, which the gateway stores.
+# CPU to live sessions. The clear text never leaves this process: it prints (JSON on stdout) the
+# index key wrapped by the vault and the sealed entries, which the gateway stores.
 
 from __future__ import annotations
 
