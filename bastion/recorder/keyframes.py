@@ -129,8 +129,13 @@ def skip_plain(data: str, screen: pyte.Screen) -> str:
     (ASCII, no tab). Any other control or escape can change modes, margins or the character set:
     such output is emulated in full.
     """
+    return _skip_known_plain(data, screen) if is_plain(data) else data
+
+
+def _skip_known_plain(data: str, screen: pyte.Screen) -> str:
+    """skip_plain for text the caller has already found plain (build checks each event as it comes)."""
     height = screen.lines
-    if data.count("\n") < 2 * height - 1 or not is_plain(data):
+    if data.count("\n") < 2 * height - 1:
         return data
     if screen.margins not in (None, (0, height - 1)) or mo.LNM in screen.mode:
         return data
@@ -140,12 +145,13 @@ def skip_plain(data: str, screen: pyte.Screen) -> str:
     carriage = data.rfind("\r", 0, position)
     cut = carriage + 1 if carriage >= 0 else position
     skipped = data[:cut]
-    if skipped.count("\n") < height - 1:
+    skipped_feeds = skipped.count("\n")
+    if skipped_feeds < height - 1:
         return data
     if carriage < 0:
         if not skipped.isascii() or "\t" in skipped:
             return data
-        drawn = len(skipped) - skipped.count("\n")  # a line feed leaves the column as it is
+        drawn = len(skipped) - skipped_feeds  # a line feed leaves the column as it is
         x, columns = screen.cursor.x, screen.columns
         if drawn:
             if mo.DECAWM in screen.mode:  # at the right edge the next character wraps to column 0 first
@@ -193,7 +199,7 @@ def build(path: Path, vault: Vault, interval: float = INTERVAL) -> list[Keyframe
     def emulate_held() -> None:
         nonlocal held_chars
         if held and screen is not None and stream is not None:
-            stream.feed(skip_plain("".join(held), screen))
+            stream.feed(_skip_known_plain("".join(held), screen))
         held.clear()
         held_chars = 0
 
