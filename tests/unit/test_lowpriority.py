@@ -44,7 +44,10 @@ def test_a_job_lowers_itself_in_a_session_of_its_own_and_leaves_its_parent_as_it
     assert report["own_session"] is True
     if before[3] is not None:  # a kernel with autogroups: the job's group is lowered, not ours
         assert report["autogroup"].rstrip().endswith("nice 19"), report
-        assert report["autogroup"].split()[0] != before[3].split()[0]
+        # A process in the kernel's default group (one whose session began before autogroups, as
+        # under some CI runners) reads the file as empty; the job's group is still its own.
+        ours = before[3].split()[:1]
+        assert report["autogroup"].split()[:1] != ours, (report, before[3])
     assert {"parent-death", "own-session", "nice"} <= set(report["taken"])
     # Nothing of it reached the parent (the gateway): same session, priority, policy and group nice.
     assert (os.getsid(0), os.nice(0), os.sched_getscheduler(0), _autogroup()) == before
