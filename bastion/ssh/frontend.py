@@ -11,7 +11,7 @@ import asyncssh
 
 from bastion import __version__
 from bastion.keys import load_host_keys
-from bastion.ssh import asyncssh_hooks
+from bastion.ssh import asyncssh_fastpath, asyncssh_hooks
 from bastion.ssh.server import GatewayServer
 from bastion.ssh_algorithms import server_algorithm_options
 
@@ -27,6 +27,7 @@ class SSHFrontEnd:
 
     def __init__(self, services: "Services"):
         asyncssh_hooks.install()
+        asyncssh_fastpath.install()
         self.services = services
         config = services.config
         keys = load_host_keys(config.keys_dir)

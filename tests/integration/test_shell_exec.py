@@ -162,3 +162,25 @@ def test_menu_quit_ends_the_connection_without_a_session(testbed):
     assert chan.recv_exit_status() == 0
     client.close()
     assert [s for s in testbed.admin().list_sessions() if s["user"] == login.name] == []
+
+
+async def _connection_packets_seen(testbed, login, cipher: str) -> tuple[bytes, list[int]]:
+    received: list[int] = []
+    async with asyncssh.connect("127.0.0.1", testbed.port, username=f"{login.name}:web01",
+                                password=login.password, known_hosts=None, client_keys=None, agent_path=None,
+                                config=None, encryption_algs=[cipher]) as conn:
+        # Packets for the connection itself (an ignore among them) are logged by the connection.
+        conn.log_received_packet = lambda pkttype, *_: received.append(pkttype)
+        result = await asyncio.wait_for(conn.run("for i in 1 2 3 4 5; do echo $i; sleep 0.05; done",
+                                                 encoding=None), 30)
+    return result.stdout, received
+
+
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"])
+def test_the_gateway_sends_no_ignore_packet_before_each_packet(testbed, cipher):
+    # asyncssh pads every packet with an SSH_MSG_IGNORE, a CBC countermeasure that AEAD ciphers do
+    # not need and that doubles the packets sent (bastion/ssh/asyncssh_fastpath.py).
+    login = testbed.user("exec")
+    stdout, received = asyncio.run(_connection_packets_seen(testbed, login, cipher))
+    assert stdout == b"1\n2\n3\n4\n5\n"
+    assert asyncssh.constants.MSG_IGNORE not in received, received

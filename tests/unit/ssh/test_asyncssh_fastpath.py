@@ -1,0 +1,274 @@
+"""asyncssh_fastpath: packets are described only when packet logging is on, and keepalives go out
+exactly when asyncssh's own timer would send them, without a new timer for every read."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import time
+
+import asyncssh
+import pytest
+from asyncssh.connection import SSHConnection
+from asyncssh.constants import MSG_IGNORE
+from asyncssh.packet import SSHPacketLogger
+
+from bastion.ssh import asyncssh_fastpath
+
+asyncssh_fastpath.install()
+
+
+# --- packet logging ---------------------------------------------------------------------------
+
+class _Described(SSHPacketLogger):
+    _handler_names = {94: "MSG_CHANNEL_DATA"}
+
+    @property
+    def logger(self):
+        return asyncssh.logging.logger
+
+
+class _Undescribable:
+    """A packet that fails as soon as anything tries to describe it."""
+
+    def __len__(self) -> int:
+        raise AssertionError("the packet was described although packet logging is off")
+
+
+@pytest.fixture
+def packet_level():
+    yield lambda: asyncssh.set_debug_level(asyncssh_fastpath.PACKET_LOG_LEVEL)
+    asyncssh.set_debug_level(1)  # asyncssh's default
+
+
+def test_packets_are_not_described_while_packet_logging_is_off(packet_level):
+    for level in (1, 2):
+        asyncssh.set_debug_level(level)
+        _Described().log_sent_packet(94, 7, _Undescribable())
+        _Described().log_received_packet(94, 7, _Undescribable())
+
+
+def test_packets_are_logged_as_before_at_packet_level(packet_level, caplog):
+    packet_level()
+    with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+        _Described().log_sent_packet(94, 7, b"abc")
+    assert "Sent MSG_CHANNEL_DATA (94), 3 bytes" in caplog.text
+    with pytest.raises(AssertionError):  # at packet level the original describes the packet
+        _Described().log_sent_packet(94, 7, _Undescribable())
+
+
+# --- keepalive: asyncssh's timer functions on a clock the test moves ---------------------------
+
+class _Timer:
+    def __init__(self, when: float, callback):
+        self._when, self.callback, self.cancelled = when, callback, False
+
+    def when(self) -> float:
+        return self._when
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Clock:
+    def __init__(self):
+        self.now, self.timers, self.armed = 0.0, [], 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback) -> _Timer:
+        return self.call_at(self.now + delay, callback)
+
+    def call_at(self, when: float, callback) -> _Timer:
+        self.armed += 1
+        timer = _Timer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, to: float) -> None:
+        while True:
+            due = [t for t in self.timers if not t.cancelled and t.when() <= to]
+            if not due:
+                break
+            timer = min(due, key=_Timer.when)
+            self.timers.remove(timer)
+            self.now = timer.when()
+            timer.callback()
+        self.now = to
+
+
+class _Connection:
+    """Just what asyncssh's keepalive methods touch, with those methods taken from SSHConnection."""
+
+    def __init__(self, clock: _Clock, interval: float, count_max: int):
+        self._loop, self._keepalive_interval, self._keepalive_count_max = clock, interval, count_max
+        self._keepalive_count, self._keepalive_timer, self._auth_complete = 0, None, True
+        self.events: list[tuple[str, float]] = []
+        for name in ("_set_keepalive_timer", "_cancel_keepalive_timer", "_reset_keepalive_timer",
+                     "_keepalive_timer_callback"):
+            setattr(self, name, getattr(SSHConnection, name).__get__(self))
+
+    def is_client(self) -> bool:
+        return False
+
+    async def _make_keepalive_request(self) -> None:
+        pass
+
+    def create_task(self, coroutine) -> None:
+        coroutine.close()
+        self.events.append(("keepalive", round(self._loop.time(), 6)))
+
+    def connection_lost(self, exc) -> None:
+        self.events.append(("lost", round(self._loop.time(), 6)))
+        self._cancel_keepalive_timer()
+
+    def read_at(self, when: float) -> None:
+        self._loop.advance(when)
+        self._reset_keepalive_timer()  # what asyncssh does on every read from the socket
+
+
+def test_reads_move_the_keepalive_without_a_timer_each():
+    clock = _Clock()
+    conn = _Connection(clock, interval=1.0, count_max=2)
+    conn._set_keepalive_timer()  # login complete at 0
+    armed = clock.armed
+    for when in (0.3, 0.6, 0.9, 1.2):
+        conn.read_at(when)
+    assert clock.armed - armed == 1  # only the timer set at 0 firing early and waiting for 1.9
+    clock.advance(10)
+    # asyncssh's rule: due one interval after the last read; then one check per interval.
+    assert conn.events == [("keepalive", 2.2), ("keepalive", 3.2), ("lost", 4.2)]
+
+
+def test_a_read_after_a_keepalive_moves_the_next_check_and_keeps_the_count():
+    clock = _Clock()
+    conn = _Connection(clock, interval=1.0, count_max=2)
+    conn._set_keepalive_timer()
+    conn.read_at(1.5)
+    clock.advance(10)
+    assert conn.events == [("keepalive", 1.0), ("keepalive", 2.5), ("lost", 3.5)]
+
+
+def test_a_shorter_interval_takes_effect_at_once():
+    clock = _Clock()
+    conn = _Connection(clock, interval=10.0, count_max=0)
+    conn._set_keepalive_timer()
+    conn.read_at(0.2)  # moves the deadline to 10.2
+    clock.advance(0.5)
+    conn._keepalive_interval = 1.0  # what SSHConnection.set_keepalive does before resetting
+    conn._reset_keepalive_timer()
+    clock.advance(20)
+    assert conn.events == [("lost", 1.5)]
+
+
+def test_no_keepalive_before_login_and_none_without_an_interval():
+    clock = _Clock()
+    conn = _Connection(clock, interval=1.0, count_max=0)
+    conn._auth_complete = False
+    conn.read_at(0.5)
+    clock.advance(5)
+    assert conn.events == [] and clock.armed == 0
+    off = _Connection(clock, interval=0, count_max=0)
+    off._set_keepalive_timer()
+    off.read_at(6)
+    clock.advance(20)
+    assert off.events == [] and clock.armed == 0
+
+
+# --- keepalive on real connections -----------------------------------------------------------
+
+class _NoAuth(asyncssh.SSHServer):
+    def __init__(self, lost: asyncio.Event, logged_in: asyncio.Event):
+        self._lost, self._logged_in = lost, logged_in
+
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def auth_completed(self) -> None:
+        self._logged_in.set()
+
+    def connection_lost(self, exc) -> None:
+        self._lost.set()
+
+
+async def _server(lost: asyncio.Event, interval: float, logged_in: asyncio.Event | None = None):
+    logged_in = logged_in or asyncio.Event()
+    return await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                 server_factory=lambda: _NoAuth(lost, logged_in), keepalive_interval=interval,
+                                 keepalive_count_max=1)
+
+
+async def test_a_peer_that_keeps_sending_is_kept_and_dropped_once_silent():
+    lost = asyncio.Event()
+    server = await _server(lost, interval=1.0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u", agent_path=None,
+                                    client_keys=None, config=None) as client:
+            client._transport.pause_reading()  # it never answers a keepalive from here on
+            sending_until = time.monotonic() + 4.0  # twice the silence the server allows
+            while time.monotonic() < sending_until:
+                client.send_debug("still here")  # each arrives as a read on the server
+                await asyncio.sleep(0.2)
+                assert not lost.is_set(), "a peer that was still sending was dropped"
+            await asyncio.wait_for(lost.wait(), 20)  # silent now: two unanswered intervals
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stopped_openssh_client_is_dropped(tmp_path):
+    lost, logged_in = asyncio.Event(), asyncio.Event()
+    server = await _server(lost, interval=0.5, logged_in=logged_in)
+    port = server.sockets[0].getsockname()[1]
+    client = subprocess.Popen(
+        ["ssh", "-N", "-p", str(port), "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={tmp_path}/kh",
+         "-o", "BatchMode=yes", "-F", "/dev/null", "u@127.0.0.1"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.wait_for(logged_in.wait(), 30)
+        os.kill(client.pid, signal.SIGSTOP)
+        await asyncio.wait_for(lost.wait(), 20)
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+        server.close()
+        await server.wait_closed()
+
+
+
+# --- the ignore packet before every packet ----------------------------------------------------
+
+async def _echo_ten(process) -> None:
+    for _ in range(10):
+        process.stdout.write(b"x")
+        await asyncio.sleep(0.005)
+    process.exit(0)
+
+
+@pytest.mark.parametrize("cipher, ignores_expected", [
+    ("aes128-gcm@openssh.com", False), ("aes256-gcm@openssh.com", False),
+    ("chacha20-poly1305@openssh.com", False),
+    ("aes128-ctr", True),  # not an AEAD cipher: asyncssh's own rule is kept
+])
+async def test_no_ignore_packet_before_each_packet_with_an_aead_cipher(cipher, ignores_expected):
+    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                   server_factory=lambda: _NoAuth(asyncio.Event(), asyncio.Event()),
+                                   process_factory=_echo_ten, encoding=None)
+    port = server.sockets[0].getsockname()[1]
+    received: list[int] = []
+    try:
+        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u", agent_path=None,
+                                    client_keys=None, config=None, encryption_algs=[cipher]) as client:
+            # Packets for the connection itself (an ignore among them) are logged by the connection.
+            client.log_received_packet = lambda pkttype, *_: received.append(pkttype)
+            result = await asyncio.wait_for(client.run("x", encoding=None), 30)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.stdout == b"x" * 10 and result.exit_status == 0
+    assert (MSG_IGNORE in received) is ignores_expected, received
