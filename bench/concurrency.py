@@ -4,6 +4,10 @@ The target is bench/echo_target.py (a light asyncssh echo server in a process of
 gateway records every session as usual. Reports echo latency percentiles, errors, and the gateway's
 memory per session (RSS with all sessions open minus RSS before, divided by the sessions).
 
+The client driving the sessions and the echo target run on uvloop with the gateway's asyncssh fast
+path (bastion/ssh/asyncssh_fastpath.py): they share the 2 cores with the gateway, so what they spend
+is taken from the figure; `--stock-apparatus` runs both on plain asyncio and stock asyncssh instead.
+
 Run: `python -m bench.concurrency --sessions 1000 [--seconds 30]`.
 """
 
@@ -22,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bastion.datadir import init_data_dir  # noqa: E402
+from bastion.ssh import asyncssh_fastpath  # noqa: E402
 from tests.support.gateway import Directory, GatewayProcess  # noqa: E402
 from tests.support.memory import status_kib  # noqa: E402
 
@@ -137,7 +143,7 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def measure(sessions: int, seconds: float) -> dict[str, float]:
+def measure(sessions: int, seconds: float, *, stock_apparatus: bool = False) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="bastion-conc-"))
     echo = gateway = None
     try:
@@ -145,8 +151,9 @@ def measure(sessions: int, seconds: float) -> dict[str, float]:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         host_key = work / "echo_host"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
-        echo = subprocess.Popen([sys.executable, "-m", "bench.echo_target", str(host_key)], cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True)
+        echo = subprocess.Popen([sys.executable, "-m", "bench.echo_target", str(host_key),
+                                 *(["--stock"] if stock_apparatus else [])],
+                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert echo.stdout is not None
         echo_port = int(echo.stdout.readline())
         data_dir = work / "data"
@@ -160,7 +167,11 @@ def measure(sessions: int, seconds: float) -> dict[str, float]:
         directory.close()
         gateway = GatewayProcess(data_dir).start()
         assert gateway.process is not None
-        return asyncio.run(drive(gateway.port, key, sessions, seconds, gateway.process.pid, echo.pid))
+        driving = drive(gateway.port, key, sessions, seconds, gateway.process.pid, echo.pid)
+        if stock_apparatus:
+            return asyncio.run(driving)
+        asyncssh_fastpath.install()  # from here on, for every asyncssh connection of this process
+        return uvloop.run(driving)
     finally:
         if gateway is not None:
             gateway.stop()
@@ -174,9 +185,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--stock-apparatus", action="store_true",
+                        help="load client and echo target on plain asyncio and stock asyncssh")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    result = measure(args.sessions, args.seconds)
+    result = measure(args.sessions, args.seconds, stock_apparatus=args.stock_apparatus)
     for name, value in result.items():
         print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")
     return 0

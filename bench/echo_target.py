@@ -1,7 +1,12 @@
 """A light SSH echo server on loopback: a stand-in target for a thousand sessions (one sshd each would
 measure sshd, not the gateway). Any public key is accepted; every session echoes what it receives.
 
-Run: `python -m bench.echo_target HOST_KEY_FILE` — prints the port on stdout, serves until killed.
+It runs on uvloop with the gateway's asyncssh fast path (bastion/ssh/asyncssh_fastpath.py), as the
+load client does: on 2 cores every CPU cycle the measuring apparatus spends is taken from the gateway
+it measures, and OpenSSH's sshd, which this stands in for, pads no packet with an ignore message
+either.
+
+Run: `python -m bench.echo_target HOST_KEY_FILE [--stock]` — prints the port on stdout, serves until killed.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ import sys
 from typing import Any
 
 import asyncssh
+import uvloop
+
+from bastion.ssh import asyncssh_fastpath
 
 
 class _Echo(asyncssh.SSHServerSession):
@@ -56,4 +64,8 @@ async def serve(host_key: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1]))
+    if "--stock" in sys.argv[2:]:  # plain asyncio and stock asyncssh (bench.concurrency --stock-apparatus)
+        asyncio.run(serve(sys.argv[1]))
+    else:
+        asyncssh_fastpath.install()
+        uvloop.run(serve(sys.argv[1]))

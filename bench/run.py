@@ -201,7 +201,9 @@ def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None
         f"Concurrency (`python -m bench.concurrency --sessions {mode.sessions} --seconds {mode.session_seconds:g}`): "
         f"{mode.sessions} interactive sessions through the gateway (recording on) to a light asyncssh echo "
         "server in a process of its own (bench/echo_target.py), each typing 5 keys a second; the asyncssh "
-        "client driving all of them runs on the same 2 cores.", "",
+        "client driving all of them runs on the same 2 cores. Client and echo server run on uvloop with the "
+        "gateway's asyncssh fast path, so that less of the 2 cores goes to the apparatus "
+        "(`--stock-apparatus` runs them on stock asyncio and asyncssh).", "",
         "| concurrency figure | value | target |", "|---|---|---|",
         f"| sessions connected / errors | {concurrency['connected']} / {concurrency['errors']} | all, no errors |",
         f"| keys echoed | {concurrency['keys']} | {int(mode.sessions * 5 * mode.session_seconds)} offered |",
