@@ -10,8 +10,8 @@ packets the gateway sends:
    level 3 set, the original runs unchanged.
 2. The keepalive timer. asyncssh cancels its keepalive timer and creates a new one on every read
    from the socket. Here a read only moves the deadline forward, and the timer, when it fires early,
-   re-arms itself for that deadline; the keepalive then goes out exactly when it would have
-   (the last read plus the interval). A deadline moved earlier (a shorter interval set later) still
+   re-arms itself for that deadline; the keepalive then goes out when it would have (the last read
+   plus the interval, to uvloop's millisecond). A deadline moved earlier (a shorter interval set later) still
    goes through asyncssh's own cancel-and-set.
 3. An empty SSH_MSG_IGNORE before every packet. asyncssh sends one ahead of each packet once
    encryption is on: the countermeasure RFC 4251 section 9.3.1 describes for CBC, where the next
@@ -22,8 +22,8 @@ packets the gateway sends:
    OpenSSH sends no such packets, so peers see what they would see from sshd.
 
 All three patch asyncssh classes, so they hold for every asyncssh connection in the process (gateway
-front end, upstream connections, tests' servers); each is checked against asyncssh's own result
-in tests/unit/ssh/test_asyncssh_fastpath.py.
+front end, upstream connections, tests' servers); tests/unit/ssh/test_asyncssh_fastpath.py checks
+each against asyncssh's rules, the keepalive also on uvloop (the gateway's loop).
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ from asyncssh.packet import SSHPacketLogger, String
 PACKET_LOG_LEVEL = 3  # asyncssh's debug level at which packets are logged (SSHLogger.packet)
 AEAD_ENCRYPTION = (GCMEncryption, ChachaEncryption)  # nonce per sequence number, no chained IV
 _EMPTY = String(b"")  # the data of asyncssh's padding ignore packet
+# uvloop schedules in whole milliseconds and runs a delay that rounds to 0 at once, as a Handle
+# without when(); a re-arm closer than this would spin or leave such a Handle as the timer.
+TIMER_RESOLUTION = 0.001
 
 _installed = False
 
@@ -55,10 +58,11 @@ def install() -> None:
             original_log_packet(self, msg, pkttype, pktid, packet, note)
 
     def reset_keepalive_timer(self) -> None:
-        timer = self._keepalive_timer
-        if self._auth_complete and timer is not None and self._keepalive_interval:
+        # uvloop turns a delay under half a millisecond into a plain Handle, which has no when().
+        when = getattr(self._keepalive_timer, "when", None)
+        if self._auth_complete and when is not None and self._keepalive_interval:
             due = self._loop.time() + self._keepalive_interval
-            if due >= timer.when():
+            if due >= when():
                 self._bastion_keepalive_due = due
                 return
         self._bastion_keepalive_due = 0.0  # asyncssh's own timer is exact again
@@ -66,10 +70,10 @@ def install() -> None:
 
     def keepalive_timer_callback(self) -> None:
         due = getattr(self, "_bastion_keepalive_due", 0.0)
-        if due > self._loop.time():  # a read came after the timer was set: wait until it is due
+        if due - self._loop.time() >= TIMER_RESOLUTION:  # a read came after the timer was set: wait
             self._keepalive_timer = self._loop.call_at(due, self._keepalive_timer_callback)
             return
-        original_callback(self)
+        original_callback(self)  # due now, or within uvloop's millisecond: at most that early
 
     def send_packet(self, pkttype, *args, handler=None) -> None:
         if pkttype == MSG_IGNORE and args == (_EMPTY,) and type(self._send_encryption) in AEAD_ENCRYPTION:

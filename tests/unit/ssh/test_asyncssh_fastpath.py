@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
 
 import asyncssh
 import pytest
+import uvloop
 from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_IGNORE
 from asyncssh.packet import SSHPacketLogger
@@ -179,6 +181,38 @@ def test_no_keepalive_before_login_and_none_without_an_interval():
     assert off.events == [] and clock.armed == 0
 
 
+def test_on_uvloop_a_deadline_within_a_millisecond_is_not_rearmed():
+    # uvloop runs a delay that rounds to 0 ms at once and returns a Handle without when(); a re-arm
+    # that close would leave such a Handle as the timer, and the next read would fail on it.
+    loop = uvloop.new_event_loop()
+    try:
+        conn = _Connection(loop, interval=30.0, count_max=3)
+        conn._set_keepalive_timer()
+        conn._bastion_keepalive_due = loop.time() + 0.0003
+        conn._keepalive_timer_callback()
+        assert [kind for kind, _ in conn.events] == ["keepalive"]  # sent now, 0.3 ms early
+        assert conn._keepalive_timer.when() > loop.time() + 29  # asyncssh's next check
+        conn._reset_keepalive_timer()  # a read
+    finally:
+        conn._cancel_keepalive_timer()
+        loop.close()
+
+
+def test_on_uvloop_a_timer_without_when_falls_back_to_asyncssh():
+    loop = uvloop.new_event_loop()
+    try:
+        conn = _Connection(loop, interval=0.0002, count_max=3)  # under half a millisecond: a Handle
+        conn._set_keepalive_timer()
+        assert not hasattr(conn._keepalive_timer, "when")
+        conn._reset_keepalive_timer()  # a read: asyncssh's own cancel-and-set, no error
+        conn._keepalive_interval = 30.0
+        conn._reset_keepalive_timer()
+        assert conn._keepalive_timer.when() > loop.time() + 29
+    finally:
+        conn._cancel_keepalive_timer()
+        loop.close()
+
+
 # --- keepalive on real connections -----------------------------------------------------------
 
 class _NoAuth(asyncssh.SSHServer):
@@ -221,6 +255,7 @@ async def test_a_peer_that_keeps_sending_is_kept_and_dropped_once_silent():
         await server.wait_closed()
 
 
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client (make test installs it)")
 async def test_a_stopped_openssh_client_is_dropped(tmp_path):
     lost, logged_in = asyncio.Event(), asyncio.Event()
     server = await _server(lost, interval=0.5, logged_in=logged_in)
