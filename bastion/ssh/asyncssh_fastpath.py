@@ -11,8 +11,8 @@ packets the gateway sends:
 2. The keepalive timer. asyncssh cancels its keepalive timer and creates a new one on every read
    from the socket. Here a read only moves the deadline forward, and the timer, when it fires early,
    re-arms itself for that deadline; the keepalive then goes out when it would have (the last read
-   plus the interval, to uvloop's millisecond). A deadline moved earlier (a shorter interval set later) still
-   goes through asyncssh's own cancel-and-set.
+   plus the interval, to uvloop's millisecond). A deadline moved earlier (a shorter interval set
+   later) still goes through asyncssh's own cancel-and-set.
 3. An empty SSH_MSG_IGNORE before every packet. asyncssh sends one ahead of each packet once
    encryption is on: the countermeasure RFC 4251 section 9.3.1 describes for CBC, where the next
    packet's IV is the last ciphertext block an attacker has seen. With an AEAD cipher (AES-GCM,
@@ -45,6 +45,7 @@ _installed = False
 
 
 def install() -> None:
+    """Patch asyncssh's classes once per process (later calls do nothing)."""
     global _installed
     if _installed:
         return
