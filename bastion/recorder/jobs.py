@@ -11,7 +11,13 @@ from bastion.recorder.writer import ChunkWriter, Event, WriteState
 
 
 class RecordingWriter(Protocol):
-    """Seals and writes one recording; each call is one job, and the caller runs one job at a time."""
+    """Seals and writes one recording; each call is one job, and jobs run one at a time, in order.
+
+    `pipeline_depth` is how many jobs the caller may have in flight: more than one only where the jobs
+    are queued and run in the order sent, and a failed job makes every later one fail too.
+    """
+
+    pipeline_depth: int
 
     @property
     def state(self) -> WriteState: ...
@@ -30,6 +36,8 @@ class ThreadedWriter:
 
     Raises RuntimeError from a job method when the executor is shut down.
     """
+
+    pipeline_depth = 1  # the executor's threads could run a second job beside the first
 
     def __init__(self, chunk: ChunkWriter, executor: Executor):
         self.chunk = chunk

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from collections import deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -51,7 +52,8 @@ def describe_exception(exc: BaseException) -> str:
 
 class SessionRecorder:
     """Records one session.  Every method is called from the event loop; the sealing and writing
-    happen elsewhere (the sealer process, or a worker thread), one job at a time and in order."""
+    happen elsewhere (the sealer process, or a worker thread), in order, with at most the writer's
+    `pipeline_depth` jobs in flight."""
 
     def __init__(self, *, recording_id: str, session_id: str, path: Path, writer: RecordingWriter,
                  clock: Clock, config: Config, echo_tracking: bool,
@@ -79,7 +81,9 @@ class SessionRecorder:
         self._buffer_bytes = 0
         self._inflight_bytes = 0
         self._inflight_events = 0
-        self._job: asyncio.Future[WriteState] | None = None
+        # Jobs sent and not yet handled, oldest first: (future, raw bytes, events).
+        self._jobs: deque[tuple[asyncio.Future[WriteState], int, int]] = deque()
+        self._depth = max(1, writer.pipeline_depth)
         self._timer: asyncio.TimerHandle | None = None
         self._flush_due = False
         self._last_time = 0.0
@@ -158,17 +162,16 @@ class SessionRecorder:
 
     async def flush(self) -> None:
         """Write what is waiting now and return once it is on disk (undecided input stays)."""
-        # The job in flight, then everything that queued behind it, a job at a time.
-        for _ in range(2 + self._buffer_bytes // JOB_BYTES):
+        # The jobs in flight, then everything that queued behind them, the oldest job first.
+        for _ in range(2 + self._depth + self._buffer_bytes // JOB_BYTES):
             if self._closing or self._failed is not None:
                 return
-            if self._job is None:
+            if self._buffer:
+                self._flush_due = True  # what a busy pipeline cannot take now goes when a job is done
                 self._kick()
-            else:
-                self._flush_due = True
-            if self._job is None:
+            if not self._jobs:
                 return
-            await self._wait(self._job)
+            await self._wait(self._jobs[0][0])
 
     async def close(self, end_reason: str) -> None:
         """Flush, write the signed manifest, fsync and update the index row.
@@ -184,14 +187,14 @@ class SessionRecorder:
             if self._failed is None and self._echo is not None:
                 for time, payload in self._echo.finish():
                     self._record_input(time, payload)
-            while self._job is not None and self._failed is None:
-                await self._wait(self._job)
+            await self._wait_all()
             # What is still buffered goes in bounded jobs first, so the last job is no bigger than one.
             while self._buffer_bytes > JOB_BYTES and self._failed is None:
                 self._kick()
-                if self._job is None:
+                if not self._jobs:
                     break
-                await self._wait(self._job)
+                await self._wait(self._jobs[0][0])
+            await self._wait_all()
             if self._failed is None:
                 await self._finish(end_reason)
             if self._failure_task is not None:
@@ -247,27 +250,37 @@ class SessionRecorder:
             for time, payload in self._echo.expire(self._now()):
                 self._record_input(time, payload)
         if self._buffer:
-            if self._job is None:
-                self._kick()
-            else:
-                self._flush_due = True
+            self._flush_due = True
+            self._kick()
         waiting = self._buffer or (self._echo is not None and self._echo.pending)
         if waiting and self._timer is None and self._failed is None:
             self._arm_timer()
 
     def _kick(self) -> None:
-        if self._job is not None or not self._buffer or self._failed is not None:
-            return
-        batch, size = self._take_job()
-        self._inflight_bytes, self._inflight_events = size, len(batch)
-        self._buffer_bytes -= size
-        self._flush_due = self._flush_due and bool(self._buffer)  # the rest goes in the next job
-        try:
-            self._job = self._writer.append(batch)
-        except RuntimeError as exc:  # the writer stopped under us
-            self._fail("recording writer stopped", exc)
-            return
-        self._job.add_done_callback(self._on_job_done)
+        """Send buffered events as jobs while the pipeline has room.
+
+        The first job in flight takes whatever is buffered; a further one goes only with a whole job's
+        worth, so bulk output keeps the next job waiting in the sealer while it seals the one before,
+        and a trickle of output still goes in one job at a time.
+        """
+        while self._buffer and self._failed is None and len(self._jobs) < self._depth:
+            if self._jobs and self._buffer_bytes < JOB_BYTES:
+                break
+            batch, size = self._take_job()
+            self._buffer_bytes -= size
+            try:
+                job = self._writer.append(batch)
+            except RuntimeError as exc:  # the writer stopped under us
+                self._fail("recording writer stopped", exc)
+                return
+            self._sent(job, size, len(batch))
+        self._flush_due = self._flush_due and bool(self._buffer)  # the rest goes when a job is done
+
+    def _sent(self, job: asyncio.Future[WriteState], size: int, events: int) -> None:
+        self._jobs.append((job, size, events))
+        self._inflight_bytes += size
+        self._inflight_events += events
+        job.add_done_callback(self._on_job_done)
 
     def _take_job(self) -> tuple[list[Event], int]:
         """The next job: the whole buffer, or its first JOB_BYTES under bulk output.
@@ -288,17 +301,21 @@ class SessionRecorder:
         return batch, size
 
     def _on_job_done(self, job: asyncio.Future[WriteState]) -> None:
-        if job is not self._job:
-            return  # already handled (close() may handle it before the loop runs this callback)
-        self._job = None
-        self._inflight_bytes = self._inflight_events = 0
+        # Jobs finish in the order they were sent; each is handled once (close() may handle one before
+        # the loop runs this callback), oldest first, so the state only ever moves forward.
+        while self._jobs and self._jobs[0][0].done():
+            done, size, events = self._jobs.popleft()
+            self._inflight_bytes -= size
+            self._inflight_events -= events
+            if self._failed is not None:
+                continue
+            exc = RuntimeError("write job cancelled") if done.cancelled() else done.exception()
+            if exc is not None:
+                self._fail(failure_reason(exc), exc)
+                continue
+            self._state = done.result()
         if self._failed is not None:
             return
-        exc = RuntimeError("write job cancelled") if job.cancelled() else job.exception()
-        if exc is not None:
-            self._fail(failure_reason(exc), exc)
-            return
-        self._state = job.result()
         if not self._closing and self._buffer and (
                 self._flush_due or self._backlogged or self._buffer_bytes >= self._chunk_bytes):
             self._kick()
@@ -311,17 +328,22 @@ class SessionRecorder:
             return
         self._on_job_done(job)
 
+    async def _wait_all(self) -> None:
+        """Until every job in flight is handled, or the recording has failed."""
+        while self._jobs and self._failed is None:
+            await self._wait(self._jobs[0][0])
+
     async def _finish(self, end_reason: str) -> None:
         batch, self._buffer = self._buffer, []
         self._buffer_bytes = 0
         try:
-            self._job = self._writer.finish(batch, duration=self._now(), end_reason=end_reason,
-                                            closed_at=self._clock.now().isoformat())
+            job = self._writer.finish(batch, duration=self._now(), end_reason=end_reason,
+                                      closed_at=self._clock.now().isoformat())
         except RuntimeError as exc:
             self._fail("recording writer stopped", exc)
             return
-        self._job.add_done_callback(self._on_job_done)
-        await self._wait(self._job)
+        self._sent(job, 0, 0)
+        await self._wait(job)
 
     def _check_backlog(self) -> None:
         waiting = self._buffer_bytes + self._inflight_bytes
@@ -363,14 +385,15 @@ class SessionRecorder:
 
     async def _seal_failed(self, reason: str) -> None:
         """Cut the file back to its last whole chunk, seal it as failed, mark the row failed."""
-        job = self._job
-        if job is not None:
-            await asyncio.wait({job}, timeout=IO_TIMEOUT)
-            if not job.done():
+        pending = {job for job, _, _ in self._jobs}
+        if pending:
+            _, waiting = await asyncio.wait(pending, timeout=IO_TIMEOUT)
+            if waiting:
                 log.error("recording %s: storage still not responding; file left as it is", self.recording_id)
                 await self._save_row(status="failed")
                 return
-            self._job = None
+            self._jobs.clear()
+            self._inflight_bytes = self._inflight_events = 0
         try:
             repair = self._writer.abandon(duration=self._now(), end_reason=f"recording failed: {reason}",
                                           closed_at=self._clock.now().isoformat())

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import threading
 from time import monotonic
 import zlib
@@ -29,6 +30,10 @@ COMPRESS_LEVEL = 1
 # that runs 10x faster. A small sample decides per chunk; both are plain zlib streams.
 COMPRESS_SAMPLE = 2048
 REPETITIVE = 0.5
+# Stored deflate blocks: byte 1 of the header marks the last block, then LEN and NLEN (little-endian).
+_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no dictionary; (0x78 << 8 | 0x01) % 31 == 0
+_STORED_BLOCK = 0xFFFF
+_STORED_HEAD = struct.Struct("<BHH")
 # A single huge read becomes several events at the same instant, so no line (and so no chunk)
 # grows without bound; asciicast players just concatenate them.
 MAX_EVENT_BYTES = 64 * 1024
@@ -171,11 +176,33 @@ def _ascii_line(time: float, code: str, data: bytes) -> bytes:
     return b"[%s, \"%s\", \"%s\"]\n" % (repr(round(time, 6)).encode(), code.encode(), body)
 
 
-def compress_chunk(data: bytes) -> bytes:
-    """A zlib stream of `data`: compressed when a sample shows it pays off well, stored otherwise."""
+def worth_compressing(data: bytes) -> bool:
+    """Whether `data` compresses well, judged by level 1 on a small sample of it."""
     sample = data[:COMPRESS_SAMPLE]
-    ratio = len(zlib.compress(sample, COMPRESS_LEVEL)) / max(1, len(sample))
-    return zlib.compress(data, COMPRESS_LEVEL if ratio < REPETITIVE else 0)
+    return len(zlib.compress(sample, COMPRESS_LEVEL)) / max(1, len(sample)) < REPETITIVE
+
+
+def stored_zlib(data: bytes) -> bytes:
+    """The zlib stream of `data` in stored blocks (RFC 1950/1951), what `zlib.compress(data, 0)` encodes.
+
+    zlib sets up a whole compressor for each call, even to store: measured here that doubled the cost of
+    storing a 64 KiB chunk. Readers decode it with zlib like any other stream.
+    """
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = [_ZLIB_HEADER]
+    for start in range(0, max(len(data), 1), _STORED_BLOCK):
+        block = view[start:start + _STORED_BLOCK]
+        parts += (_STORED_HEAD.pack(start + _STORED_BLOCK >= len(data), len(block), len(block) ^ 0xFFFF), block)
+    parts.append(zlib.adler32(data).to_bytes(4, "big"))
+    return b"".join(parts)
+
+
+def compress_chunk(data: bytes, compress: bool | None = None) -> bytes:
+    """A zlib stream of `data`: compressed when it pays off well (`compress`, or a sample of `data`
+    says so), stored otherwise."""
+    if compress is None:
+        compress = worth_compressing(data)
+    return zlib.compress(data, COMPRESS_LEVEL) if compress else stored_zlib(data)
 
 
 def header_line(width: int, height: int, timestamp: int, term: str, title: str) -> bytes:
@@ -210,6 +237,9 @@ class ChunkWriter:
         self._uncached = 0  # bytes at the start of the file already dropped from the page cache
         self._sync_failures_seen = self._group_sync.failures  # syncs that failed before this file was open
         self._sync_mark: tuple[int, int] | None = None  # (file size, GroupSync.started) after a write
+        # Set by a failed append or finish: a job queued behind the failed one must not write after it and
+        # leave a gap the chain would hide (abandon cuts back to the last whole chunk and seals that).
+        self._failed = False
 
     @property
     def state(self) -> WriteState:
@@ -221,10 +251,16 @@ class ChunkWriter:
 
     def append(self, events: list[Event]) -> WriteState:
         """Seal `events` into chunks and write them (fdatasync at most once per sync interval)."""
-        self._group_sync.check(self._sync_failures_seen)
-        records, seq, prev_hash = self._seal(self._lines(events), final=False)
+        self._refuse_after_failure()
+        try:
+            self._group_sync.check(self._sync_failures_seen)
+            records, seq, prev_hash = self._seal(self._lines(events), final=False)
+            if records:
+                self._write(records, self._group_sync.after_write)
+        except BaseException:
+            self._failed = True
+            raise
         if records:
-            self._write(records, self._group_sync.after_write)
             start = self._size
             self._seq, self._prev_hash, self._size = seq, prev_hash, self._size + len(records)
             self._release_page_cache(start)
@@ -232,14 +268,19 @@ class ChunkWriter:
 
     def finish(self, events: list[Event], *, duration: float, end_reason: str, closed_at: str) -> WriteState:
         """Write the last events and the signed manifest, fsync and close the file."""
-        lines = list(self._lines(events))
-        for code, decoder in self._decoders.items():
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                lines.append(_line(duration, code, tail))
-        records, seq, prev_hash = self._seal(iter(lines), final=True)
-        records += self._manifest(seq, prev_hash, duration, "sealed", end_reason, closed_at)
-        self._write(records, os.fsync)
+        self._refuse_after_failure()
+        try:
+            lines = list(self._lines(events))
+            for code, decoder in self._decoders.items():
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    lines.append(_line(duration, code, tail))
+            records, seq, prev_hash = self._seal(iter(lines), final=True)
+            records += self._manifest(seq, prev_hash, duration, "sealed", end_reason, closed_at)
+            self._write(records, os.fsync)
+        except BaseException:
+            self._failed = True
+            raise
         self._seq, self._prev_hash, self._size = seq, prev_hash, self._size + len(records)
         try:
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)  # all on disk now
@@ -267,6 +308,10 @@ class ChunkWriter:
         finally:
             self.close_file()
         return self.state
+
+    def _refuse_after_failure(self) -> None:
+        if self._failed:
+            raise OSError(errno.EIO, "an earlier write of this recording failed")
 
     def _release_page_cache(self, start: int) -> None:
         """Let the kernel reuse the page cache of this recording once its bytes are on their way to disk.
@@ -326,10 +371,16 @@ class ChunkWriter:
         records: list[bytes] = []
         buffer: list[bytes] = [self._header] if seq == 0 else []
         size, has_events = sum(map(len, buffer)), False
+        # Judged once per job, on its first chunk: the sample costs as much as storing a whole chunk, and a
+        # job (at most sink.JOB_BYTES of output) is mostly all of one kind.
+        compress: bool | None = None
 
         def seal() -> None:
-            nonlocal seq, prev_hash, size, has_events
-            compressed = compress_chunk(b"".join(buffer))
+            nonlocal seq, prev_hash, size, has_events, compress
+            plain = b"".join(buffer)
+            if compress is None:
+                compress = worth_compressing(plain)
+            compressed = compress_chunk(plain, compress)
             nonce = os.urandom(container.NONCE_SIZE)
             ciphertext = self._aead.encrypt(nonce, compressed,
                                             container.chunk_aad(self._session_id, seq, prev_hash))

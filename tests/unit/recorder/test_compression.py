@@ -1,4 +1,4 @@
-"""Per-chunk coding choice: repetitive output compressed, the rest stored; both round-trip as zlib."""
+"""Coding choice: repetitive output compressed, the rest stored (judged once per job); all plain zlib."""
 
 from __future__ import annotations
 
@@ -12,11 +12,26 @@ import pytest
 from bastion.recorder import writer
 
 
+def _block_types(stream: bytes) -> set[int]:
+    """The BTYPE of every deflate block in a zlib stream that holds stored blocks only, or {1 or 2}."""
+    types, at = set(), 2
+    while True:
+        head = stream[at]
+        types.add((head >> 1) & 3)
+        if types != {0}:
+            return types  # a Huffman block: not walked further
+        (length,) = __import__("struct").unpack_from("<H", stream, at + 1)
+        at += 5 + length
+        if head & 1:
+            assert len(stream) == at + 4  # the Adler-32 follows the last block
+            return types
+
+
 def _coding(data: bytes) -> str:
     """Which coding compress_chunk chose, read back from the stream itself."""
     out = writer.compress_chunk(data)
     assert zlib.decompress(out) == data
-    if out == zlib.compress(data, 0):
+    if _block_types(out) == {0}:
         return "stored"
     assert out == zlib.compress(data, writer.COMPRESS_LEVEL)
     return "level1"
@@ -41,3 +56,50 @@ def test_random_bytes_are_stored_not_worked_on():
 @pytest.mark.parametrize("data", [b"", b"x", os.urandom(10), b"\0" * 100_000])
 def test_edge_sizes_round_trip(data):
     assert zlib.decompress(writer.compress_chunk(data)) == data
+
+
+@pytest.mark.parametrize("size", [0, 1, 65534, 65535, 65536, 2 * 65535, 2 * 65535 + 1, 200_000])
+def test_the_stored_stream_is_zlib_across_block_boundaries(size):
+    data = os.urandom(size)
+    out = writer.stored_zlib(data)
+    assert zlib.decompress(out) == data  # zlib checks the header, every LEN/NLEN pair and the Adler-32
+    assert _block_types(out) == {0}
+    assert len(out) == 2 + 5 * max(1, -(-size // 65535)) + size + 4
+    inflater = zlib.decompressobj()
+    assert inflater.decompress(out) == data and inflater.eof and not inflater.unused_data
+
+
+def _chunk_codings(path, env) -> list[str]:
+    """The coding of each chunk of a recording, read from the decrypted streams."""
+    from bastion.recorder import container
+    from bastion.recorder.reader import _data_key, _decrypt
+
+    with open(path, "rb") as stream:
+        preamble = container.read_preamble(stream)
+        aead = _data_key(preamble, env.vault)
+        return ["stored" if _block_types(_decrypt(aead, preamble.session_id, container.parse_chunk(r.payload)))
+                == {0} else "level1"
+                for r in container.read_records(stream, stream.tell()) if r.type == container.CHUNK]
+
+
+def test_a_job_is_judged_once_on_its_first_chunk(env, tmp_path):
+    from bastion.recorder import container
+    from bastion.recorder.sealer import Sealer
+
+    sealer = Sealer(env.config.keys_dir)
+    path = tmp_path / "s.bcast"
+    data_key = os.urandom(32)
+    preamble = container.encode_preamble("s", "2026-11-28T12:00:00+00:00", "node-test",
+                                         env.vault.wrap_key(data_key, context=container.key_context("s")))
+    path.write_bytes(preamble)
+    status = os.stat(path)
+    sealer.handle("open", "r", (str(path), (status.st_dev, status.st_ino), "s", data_key, preamble,
+                                b'{"version": 2}\n', 4096))
+    log = b"2026-11-28 12:00:01 INFO request id=12345 path=/api/v1/items status=200\r\n" * 60
+    noise = base64.b64encode(os.urandom(4500))
+    sealer.handle("append", "r", ([(0.0, "o", log), (0.1, "o", noise), (0.2, "o", noise)], 1.0))
+    sealer.handle("append", "r", ([(0.3, "o", noise), (0.4, "o", log), (0.5, "o", log)], 1.0))
+    sealer.handle("finish", "r", ([], 1.0, "exited", "now"))
+    # A chunk per event line (each is past the 4 KiB target): the first job's three follow its
+    # repetitive first chunk, the second job's its barely compressible one.
+    assert _chunk_codings(path, env) == ["level1"] * 3 + ["stored"] * 3

@@ -77,6 +77,30 @@ async def test_bulk_output_is_sealed_in_bounded_jobs_and_flush_writes_all_of_it(
     assert output_text(lines(env, rec)) == b"".join(blocks).decode()
 
 
+async def test_bulk_output_keeps_the_next_job_waiting_in_the_sealer_and_a_trickle_sends_one(env, monkeypatch):
+    from bastion.recorder import sink
+
+    monkeypatch.setattr(sink, "JOB_BYTES", 16 * 1024)
+    store = env.store(recording__chunk_bytes=1024, sealed=True)
+    rec = await env.open(store)
+    pid = store._sealer._process.pid
+    os.kill(pid, signal.SIGSTOP)  # every job stays in flight
+    try:
+        rec.output(b"a" * 1500)  # past chunk_bytes: a job goes at once
+        rec.output(b"b" * 1500)  # less than a whole job: waits for the first, whatever the pipeline's room
+        assert len(rec._jobs) == 1
+        blocks = [bytes([ord("c") + i]) * 6000 for i in range(8)]
+        for block in blocks:
+            rec.output(block)
+        assert len(rec._jobs) == 2  # a whole job's worth went beside the first: the sealer has it next
+        assert rec._buffer_bytes > 0  # and no third: the rest waits in the session's buffer
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await rec.close("exited")
+    assert verify(rec.path, env.public_key, vault=env.vault).status == "sealed"
+    assert output_text(lines(env, rec)) == (b"a" * 1500 + b"b" * 1500 + b"".join(blocks)).decode()
+
+
 async def test_a_dead_sealer_fails_its_recordings_closed_and_a_new_one_serves_the_next(env):
     store = env.store(sealed=True)
     rec = await env.open(store)
@@ -248,7 +272,7 @@ async def test_a_job_in_flight_when_the_sealer_dies_fails_the_recording_once(env
     os.kill(pid, signal.SIGSTOP)  # the next job stays in flight
     try:
         rec.output(b"x" * 4096)  # past chunk_bytes: a job is sent at once
-        assert rec._job is not None and not rec._job.done()
+        assert rec._jobs and not rec._jobs[0][0].done()
     finally:
         os.kill(pid, signal.SIGKILL)
     await wait_until(lambda: rec.failed is not None)
@@ -313,6 +337,48 @@ def test_a_failed_finish_leaves_the_recording_to_abandon(env, tmp_path):
 
     report = check(path, env.public_key, vault=env.vault)
     assert report.status == "failed" and report.chunks == first.chunks
+
+
+def test_a_job_queued_behind_a_failed_append_writes_nothing_so_the_recording_has_no_gap(env, tmp_path):
+    from bastion.recorder import container
+    from bastion.recorder.sealer import Sealer
+
+    sealer = Sealer(env.config.keys_dir)
+    path = tmp_path / "s.bcast"
+    data_key = os.urandom(32)
+    preamble = container.encode_preamble("s", "2026-11-28T12:00:00+00:00", "node-test",
+                                         env.vault.wrap_key(data_key, context=container.key_context("s")))
+    path.write_bytes(preamble)
+    status = os.stat(path)
+    sealer.handle("open", "r", (str(path), (status.st_dev, status.st_ino), "s", data_key, preamble,
+                                b'{"version": 2}\n', 1024))
+    first = sealer.handle("append", "r", ([(0.0, "o", b"a" * 2000)], 1.0))
+    writer_fd = sealer._writers["r"]._fd
+    saved = os.dup(writer_fd)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, writer_fd)
+    with pytest.raises(OSError) as caught:
+        sealer.handle("append", "r", ([(0.1, "o", b"b" * 2000)], 1.0))
+    assert caught.value.errno == errno.ENOSPC
+    os.dup2(saved, writer_fd)  # the storage recovers before the job queued behind the failed one runs
+    os.close(saved)
+    os.close(full)
+    size = path.stat().st_size
+    with pytest.raises(OSError) as refused:
+        sealer.handle("append", "r", ([(0.2, "o", b"c" * 2000)], 1.0))
+    assert refused.value.errno == errno.EIO
+    with pytest.raises(OSError):
+        sealer.handle("finish", "r", ([], 1.0, "exited", "now"))  # nor sealed as if whole
+    assert path.stat().st_size == size
+    repaired = sealer.handle("abandon", "r", (1.0, "recording failed: recording storage full", "now"))
+    assert repaired.chunks == first.chunks
+    from bastion.recorder.reader import verify as check
+
+    report = check(path, env.public_key, vault=env.vault)
+    assert report.status == "failed" and report.chunks == first.chunks
+    text = output_text([json.loads(line) for line in
+                        list(iter_lines(path, env.vault, env.public_key, force=True))[1:]])
+    assert text == "a" * 2000  # "c" never followed the lost "b"
 
 
 async def test_a_job_over_the_message_limit_is_refused_here_and_the_sealer_keeps_serving(env, monkeypatch):
