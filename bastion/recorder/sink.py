@@ -308,6 +308,8 @@ class SessionRecorder:
             self._inflight_bytes -= size
             self._inflight_events -= events
             if self._failed is not None:
+                if not done.cancelled():
+                    done.exception()  # retrieved: a job queued behind a failed one fails too, as expected
                 continue
             exc = RuntimeError("write job cancelled") if done.cancelled() else done.exception()
             if exc is not None:
@@ -392,6 +394,8 @@ class SessionRecorder:
                 log.error("recording %s: storage still not responding; file left as it is", self.recording_id)
                 await self._save_row(status="failed")
                 return
+            if self._jobs:
+                self._on_job_done(self._jobs[0][0])  # handled oldest first: no failure left unretrieved
             self._jobs.clear()
             self._inflight_bytes = self._inflight_events = 0
         try:

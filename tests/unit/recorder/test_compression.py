@@ -31,7 +31,7 @@ def _coding(data: bytes) -> str:
     """Which coding compress_chunk chose, read back from the stream itself."""
     out = writer.compress_chunk(data)
     assert zlib.decompress(out) == data
-    if _block_types(out) == {0}:
+    if out == writer.stored_zlib(data):
         return "stored"
     assert out == zlib.compress(data, writer.COMPRESS_LEVEL)
     return "level1"

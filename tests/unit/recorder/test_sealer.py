@@ -101,6 +101,32 @@ async def test_bulk_output_keeps_the_next_job_waiting_in_the_sealer_and_a_trickl
     assert output_text(lines(env, rec)) == (b"a" * 1500 + b"b" * 1500 + b"".join(blocks)).decode()
 
 
+async def test_flush_writes_two_jobs_in_flight_and_every_job_buffered_behind_them(env, monkeypatch):
+    from bastion.recorder import sink
+
+    monkeypatch.setattr(sink, "JOB_BYTES", 16 * 1024)
+    store = env.store(recording__chunk_bytes=1024, sealed=True)
+    rec = await env.open(store)
+    pid = store._sealer._process.pid
+    # In flight: the first block alone, then the next three (past 16 KiB); five more buffered, which go as
+    # two more jobs (three blocks, then two): four jobs to wait for, more than the buffer's 1 x JOB_BYTES.
+    blocks = [bytes([ord("a") + i]) * 6000 for i in range(9)]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for block in blocks:
+            rec.output(block)
+        assert len(rec._jobs) == 2 and rec._buffer_bytes == 5 * 6000
+        flushing = asyncio.ensure_future(rec.flush())
+        await asyncio.sleep(0.05)
+        assert not flushing.done()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await flushing
+    assert not rec._jobs and rec._buffer_bytes == 0  # nothing buffered at the call was left behind
+    await rec.close("exited")
+    assert output_text(lines(env, rec)) == b"".join(blocks).decode()
+
+
 async def test_a_dead_sealer_fails_its_recordings_closed_and_a_new_one_serves_the_next(env):
     store = env.store(sealed=True)
     rec = await env.open(store)
