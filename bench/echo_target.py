@@ -6,12 +6,17 @@ load client does: on 2 cores every CPU cycle the measuring apparatus spends is t
 it measures, and OpenSSH's sshd, which this stands in for, pads no packet with an ignore message
 either.
 
+Every new session freezes what the process holds (gc.freeze), so that a full collection over a
+thousand connections does not stall every echo for 0.1 s (see bench/concurrency.py); `--stock` leaves
+the collector as it is.
+
 Run: `python -m bench.echo_target HOST_KEY_FILE [--stock]` — prints the port on stdout, serves until killed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from typing import Any
 
@@ -42,6 +47,9 @@ class _Echo(asyncssh.SSHServerSession):
         return False
 
 
+FREEZE_GC = False
+
+
 class _AnyKey(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         return True
@@ -53,6 +61,8 @@ class _AnyKey(asyncssh.SSHServer):
         return True
 
     def session_requested(self) -> _Echo:
+        if FREEZE_GC:
+            gc.freeze()  # the connections so far are never walked again
         return _Echo()
 
 
@@ -68,4 +78,5 @@ if __name__ == "__main__":
         asyncio.run(serve(sys.argv[1]))
     else:
         asyncssh_fastpath.install()
+        FREEZE_GC = True
         uvloop.run(serve(sys.argv[1]))

@@ -207,7 +207,8 @@ def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None
         "server in a process of its own (bench/echo_target.py), each typing 5 keys a second; the asyncssh "
         "client driving all of them runs on the same 2 cores. Client and echo server run on uvloop with the "
         "gateway's asyncssh fast path, so that less of the 2 cores goes to the apparatus "
-        "(`--stock-apparatus` runs them on stock asyncio and asyncssh).", "",
+        "(`--stock-apparatus` runs them on stock asyncio and asyncssh), and keep their own garbage "
+        "collections out of the figure (gc.freeze once the sessions are up; the gateway is left as it is).", "",
         "| concurrency figure | value | target |", "|---|---|---|",
         f"| sessions connected / errors | {concurrency['connected']} / {concurrency['errors']} | all, no errors |",
         f"| keys echoed | {concurrency['keys']} | {int(mode.sessions * 5 * mode.session_seconds)} offered |",
@@ -218,7 +219,9 @@ def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None
         f"| gateway CPU per echoed key (all its threads and the sealer process), µs | {concurrency['gateway_cpu_us_per_key']:.0f} | |",
         f"| cores busy while typing: machine / gateway / client / echo target | {concurrency['machine_busy_cores']:.2f} / "
         f"{concurrency['gateway_cores']:.2f} / {concurrency['client_cores']:.2f} / {concurrency['echo_target_cores']:.2f} "
-        f"| of 2 |", "",
+        f"| of 2 |",
+        f"| longest garbage collection in the load client while typing, ms | "
+        f"{concurrency['client_gc_longest_ms']:.1f} | |", "",
         f"Replay of a one-hour session with {REPLAY_MEGABYTES[mode_name]} MiB of output (`python -m bench.replay_seek "
         f"--megabytes {REPLAY_MEGABYTES[mode_name]}`): keyframes are built once after the session, in a process of "
         "their own; start and jump are what the server does before a player can draw.", "",
