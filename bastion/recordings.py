@@ -73,13 +73,16 @@ KEYFRAME_JOB_TIMEOUT = 3600.0
 
 
 async def build_keyframes(services: Any, session_id: str) -> int:
-    """Seek points for a finished session's replay, built by a separate lowest-priority process."""
+    """Seek points for a finished session's replay, built by a separate lowest-priority process once
+    live sessions are not moving bulk data (services.quiet)."""
+    await services.quiet.wait()
     row = await _recording(services, session_id)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bastion.recorder.keyframes_job", str(services.config.keys_dir), row.path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
-        out, _ = await asyncio.wait_for(process.communicate(), KEYFRAME_JOB_TIMEOUT)
+        async with services.quiet.pausing(process.pid):  # stopped while live sessions move bulk data
+            out, _ = await asyncio.wait_for(process.communicate(), KEYFRAME_JOB_TIMEOUT)
     except (asyncio.TimeoutError, asyncio.CancelledError):
         process.kill()
         await process.wait()

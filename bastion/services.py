@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -22,6 +22,7 @@ from bastion.keys import load_node_key
 from bastion.policy import Policy
 from bastion.recorder.sealer_client import SealerProcess
 from bastion.recorder.store import RecordingStore
+from bastion.sessions.quiet import QuietGate
 from bastion.sessions.registry import SessionRegistry
 from bastion.sessions.upstream import UpstreamConnector
 from bastion.store.engine import make_engine, make_sessionmaker
@@ -49,6 +50,8 @@ class Services:
     global_policy: GlobalPolicy
     # Where browsers reach the console (set by the gateway once its port is known): approval links use it.
     public_url: str = ""
+    # Post-session jobs (keyframes, search index) wait on it while live sessions move bulk data.
+    quiet: QuietGate = field(default_factory=lambda: QuietGate(tuple))
 
     @classmethod
     async def open(cls, config: Config, clock: Clock | None = None, migrate: bool = True,
@@ -78,7 +81,8 @@ class Services:
                 DeviceDirectory(db, clock))
             approvals = Approvals(db, clock, config)
             return cls(config, clock, engine, db, vault, audit, policy, authenticator, recordings,
-                       sessions, UpstreamConnector(config, db, vault, audit), executor, approvals, global_policy)
+                       sessions, UpstreamConnector(config, db, vault, audit), executor, approvals, global_policy,
+                       quiet=QuietGate(sessions.live))
         except BaseException:
             await engine.dispose()
             raise

@@ -106,7 +106,8 @@ async def _run_job(services: Any, path: str, session_id: str, kind: str) -> dict
         # Its errors could quote what it read: never into the gateway's log.
         stderr=asyncio.subprocess.DEVNULL)
     try:
-        out, _ = await asyncio.wait_for(process.communicate(), JOB_TIMEOUT)
+        async with services.quiet.pausing(process.pid):  # stopped while live sessions move bulk data
+            out, _ = await asyncio.wait_for(process.communicate(), JOB_TIMEOUT)
     except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
         try:
             process.kill()
@@ -245,6 +246,7 @@ class _Indexer:
             return False
         try:
             async with self.lock:
+                await services.quiet.wait()  # not while live sessions move bulk data
                 return await index_session(services, session_id)
         except asyncio.CancelledError:
             raise
