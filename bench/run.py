@@ -267,7 +267,9 @@ def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None
         f"| bulk `cat`, recording dropped, MiB/s | {recording['off']:.1f} | |",
         f"| recording on ÷ off | {recording['on'] / recording['off']:.2f} | >= 0.95 |",
         f"| post-session jobs after a recorded {mode.bulk_bytes >> 20} MiB `cat`, s (median) | "
-        f"{recording['settle']:.1f} | |", "",
+        f"{recording['settle']:.1f} | |",
+        f"| bulk `scp` right after a recorded `cat` (its post-session jobs held back), MiB/s (one run) | "
+        f"{recording['scp_after']:.1f} | {results['bastion']['scp']:.1f} once they are done |", "",
         f"Concurrency (`python -m bench.concurrency --sessions {mode.sessions} --seconds {mode.session_seconds:g}`): "
         f"{mode.sessions} interactive sessions through the gateway (recording on) to a light asyncssh echo "
         "server in a process of its own (bench/echo_target.py), each typing 5 keys a second; the asyncssh "
@@ -379,8 +381,13 @@ def main() -> int:
             settle(gateways)
             on_runs.append(bulk_cat(on_peer, bulk_file, mode.bulk_bytes))
         settled.append(settle(gateways))
+        # The post-session jobs of a recorded bulk session against the transfer right after it: the
+        # gateway holds them back while it moves bulk data (bastion/sessions/quiet.py).
+        print("[bastion] scp right after a recorded cat", flush=True)
+        bulk_cat(on_peer, bulk_file, mode.bulk_bytes)
+        scp_after = bulk_scp(on_peer, peers[-1][1], bulk_file, mode.bulk_bytes, work)
         recording = {"on": statistics.median(on_runs), "off": statistics.median(off_runs),
-                     "settle": statistics.median(settled)}
+                     "settle": statistics.median(settled), "scp_after": scp_after}
     finally:
         for daemon in reversed(started):
             daemon.stop()

@@ -41,3 +41,20 @@ def read_cast(path: Path) -> tuple[dict, list[list]]:
 
 def output_text(events: list[list]) -> str:
     return "".join(event[2] for event in events if event[1] == "o")
+
+
+def open_in_sealer(env, path: Path, chunk_bytes: int):
+    """A Sealer (in this process) holding recording "r" of session "s" at `path`, just created."""
+    import os
+
+    from bastion.recorder.sealer import Sealer
+
+    sealer = Sealer(env.config.keys_dir)
+    data_key = os.urandom(32)
+    preamble = container.encode_preamble("s", "2026-11-28T12:00:00+00:00", "node-test",
+                                         env.vault.wrap_key(data_key, context=container.key_context("s")))
+    path.write_bytes(preamble)
+    status = os.stat(path)
+    sealer.handle("open", "r", (str(path), (status.st_dev, status.st_ino), "s", data_key, preamble,
+                                b'{"version": 2}\n', chunk_bytes))
+    return sealer

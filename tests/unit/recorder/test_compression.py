@@ -83,18 +83,10 @@ def _chunk_codings(path, env) -> list[str]:
 
 
 def test_a_job_is_judged_once_on_its_first_chunk(env, tmp_path):
-    from bastion.recorder import container
-    from bastion.recorder.sealer import Sealer
+    from .containerfile import open_in_sealer
 
-    sealer = Sealer(env.config.keys_dir)
     path = tmp_path / "s.bcast"
-    data_key = os.urandom(32)
-    preamble = container.encode_preamble("s", "2026-11-28T12:00:00+00:00", "node-test",
-                                         env.vault.wrap_key(data_key, context=container.key_context("s")))
-    path.write_bytes(preamble)
-    status = os.stat(path)
-    sealer.handle("open", "r", (str(path), (status.st_dev, status.st_ino), "s", data_key, preamble,
-                                b'{"version": 2}\n', 4096))
+    sealer = open_in_sealer(env, path, 4096)
     log = b"2026-11-28 12:00:01 INFO request id=12345 path=/api/v1/items status=200\r\n" * 60
     noise = base64.b64encode(os.urandom(4500))
     sealer.handle("append", "r", ([(0.0, "o", log), (0.1, "o", noise), (0.2, "o", noise)], 1.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import marshal
@@ -20,7 +21,7 @@ from bastion.recorder.reader import iter_lines, verify
 from bastion.recorder.sealer_client import SealerStopped, _parse_reply
 
 from .conftest import wait_until
-from .containerfile import output_text
+from .containerfile import open_in_sealer, output_text
 
 
 def lines(env, rec) -> list[list]:
@@ -332,31 +333,27 @@ async def test_an_open_the_gateway_gave_up_on_is_closed_again_in_the_sealer(env,
     assert not holds_it()
 
 
-def test_a_failed_finish_leaves_the_recording_to_abandon(env, tmp_path):
-    from bastion.recorder.sealer import Sealer
-
-    sealer = Sealer(env.config.keys_dir)
-    from bastion.recorder import container
-
-    path = tmp_path / "s.bcast"
-    data_key = os.urandom(32)
-    preamble = container.encode_preamble("s", "2026-11-28T12:00:00+00:00", "node-test",
-                                         env.vault.wrap_key(data_key, context=container.key_context("s")))
-    path.write_bytes(preamble)
-    status = os.stat(path)
-    sealer.handle("open", "r", (str(path), (status.st_dev, status.st_ino), "s", data_key, preamble,
-                                b'{"version": 2}\n', 1024))
-    first = sealer.handle("append", "r", ([(0.0, "o", b"a" * 2000)], 1.0))
-    writer_fd = sealer._writers["r"]._fd
-    saved = os.dup(writer_fd)
+@contextlib.contextmanager
+def storage_full(fd: int):
+    """Writes to `fd` fail with ENOSPC (it is /dev/full) inside the block; the file is back after it."""
+    saved = os.dup(fd)
     full = os.open("/dev/full", os.O_WRONLY)
-    os.dup2(full, writer_fd)
-    with pytest.raises(OSError) as caught:
+    try:
+        os.dup2(full, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(full)
+
+
+def test_a_failed_finish_leaves_the_recording_to_abandon(env, tmp_path):
+    path = tmp_path / "s.bcast"
+    sealer = open_in_sealer(env, path, 1024)
+    first = sealer.handle("append", "r", ([(0.0, "o", b"a" * 2000)], 1.0))
+    with storage_full(sealer._writers["r"]._fd), pytest.raises(OSError) as caught:
         sealer.handle("finish", "r", ([(0.1, "o", b"b" * 2000)], 1.0, "exited", "now"))
-    assert caught.value.errno == errno.ENOSPC
-    os.dup2(saved, writer_fd)  # the storage recovers; the recording is still there to be cut back
-    os.close(saved)
-    os.close(full)
+    assert caught.value.errno == errno.ENOSPC  # the storage recovers; the recording is still there to cut back
     repaired = sealer.handle("abandon", "r", (1.0, "recording failed: recording storage full", "now"))
     assert repaired.chunks == first.chunks and "r" not in sealer._writers
     from bastion.recorder.reader import verify as check
@@ -366,29 +363,12 @@ def test_a_failed_finish_leaves_the_recording_to_abandon(env, tmp_path):
 
 
 def test_a_job_queued_behind_a_failed_append_writes_nothing_so_the_recording_has_no_gap(env, tmp_path):
-    from bastion.recorder import container
-    from bastion.recorder.sealer import Sealer
-
-    sealer = Sealer(env.config.keys_dir)
     path = tmp_path / "s.bcast"
-    data_key = os.urandom(32)
-    preamble = container.encode_preamble("s", "2026-11-28T12:00:00+00:00", "node-test",
-                                         env.vault.wrap_key(data_key, context=container.key_context("s")))
-    path.write_bytes(preamble)
-    status = os.stat(path)
-    sealer.handle("open", "r", (str(path), (status.st_dev, status.st_ino), "s", data_key, preamble,
-                                b'{"version": 2}\n', 1024))
+    sealer = open_in_sealer(env, path, 1024)
     first = sealer.handle("append", "r", ([(0.0, "o", b"a" * 2000)], 1.0))
-    writer_fd = sealer._writers["r"]._fd
-    saved = os.dup(writer_fd)
-    full = os.open("/dev/full", os.O_WRONLY)
-    os.dup2(full, writer_fd)
-    with pytest.raises(OSError) as caught:
+    with storage_full(sealer._writers["r"]._fd), pytest.raises(OSError) as caught:
         sealer.handle("append", "r", ([(0.1, "o", b"b" * 2000)], 1.0))
-    assert caught.value.errno == errno.ENOSPC
-    os.dup2(saved, writer_fd)  # the storage recovers before the job queued behind the failed one runs
-    os.close(saved)
-    os.close(full)
+    assert caught.value.errno == errno.ENOSPC  # the storage recovers before the job queued behind runs
     size = path.stat().st_size
     with pytest.raises(OSError) as refused:
         sealer.handle("append", "r", ([(0.2, "o", b"c" * 2000)], 1.0))
