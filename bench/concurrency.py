@@ -123,14 +123,14 @@ async def drive(port: int, key_path: Path, sessions: int, seconds: float, gatewa
     setup_seconds = time.perf_counter() - began
     await asyncio.sleep(2)
     loaded = rss_kib(gateway_pid)
-    cpu_before = cpu_seconds(gateway_pid)
-    # Where the 2 cores go while typing: the gateway (with its sealer), this client, the echo target.
-    machine_before, echo_before, client_before = machine_busy_seconds(), cpu_seconds(echo_pid), time.process_time()
-    collections = _CollectionClock()
-    gc.callbacks.append(collections)
     if freeze_gc:
         gc.collect()
         gc.freeze()  # what the sessions hold now is never walked again while they type
+    collections = _CollectionClock()
+    gc.callbacks.append(collections)
+    cpu_before = cpu_seconds(gateway_pid)
+    # Where the 2 cores go while typing: the gateway (with its sealer), this client, the echo target.
+    machine_before, echo_before, client_before = machine_busy_seconds(), cpu_seconds(echo_pid), time.process_time()
     collections.on = True
     start_typing.set()
     await asyncio.sleep(seconds)

@@ -74,8 +74,8 @@ SETTLE_WINDOW = 0.5
 QUIET_CPU = 0.05  # of a core
 
 
-def post_session_jobs(root: int) -> list[int]:
-    """PIDs of the post-session jobs among the descendants of process `root`."""
+def descendants(root: int) -> list[int]:
+    """PIDs of every living descendant of process `root`."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -89,19 +89,27 @@ def post_session_jobs(root: int) -> list[int]:
         while ancestor is not None and ancestor != root and ancestor > 1:
             ancestor = parents.get(ancestor)
         if ancestor == root:
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if any(job.encode() in command for job in POST_SESSION_JOBS):
-                found.append(pid)
+            found.append(pid)
+    return found
+
+
+def post_session_jobs(root: int) -> list[int]:
+    """PIDs of the post-session jobs among the descendants of process `root`."""
+    found = []
+    for pid in descendants(root):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(job.encode() in command for job in POST_SESSION_JOBS):
+            found.append(pid)
     return found
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of process `root` and its children, living and reaped."""
+    """CPU seconds of process `root` and its descendants, living and reaped (the sealer included)."""
     total = 0.0
-    for pid in [root, *post_session_jobs(root)]:
+    for pid in [root, *descendants(root)]:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

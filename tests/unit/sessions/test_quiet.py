@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class Relay:
     samples: int = 0
     script: dict[int, object] = field(default_factory=dict)  # after sample n: a change to make
     real: bool = False  # samples take a little real time, so a real process can be watched meanwhile
+    pattern: object = None  # sample number -> bytes every session moves in it (instead of `rates`)
 
     def live(self) -> list[Live]:
         return list(self.sessions)
@@ -46,7 +48,7 @@ class Relay:
             await asyncio.sleep(0.01)
         self.now += seconds
         for live in self.sessions:
-            live.bytes_down += self.rates.get(live.id, 0)
+            live.bytes_down += self.rates.get(live.id, 0) if self.pattern is None else self.pattern(self.samples)
         self.samples += 1
         change = self.script.get(self.samples)
         if change is not None:
@@ -88,15 +90,13 @@ async def test_sessions_that_end_or_start_mid_sample_do_not_count():
     assert await relay.gate().wait() == SAMPLE
 
 
-async def test_jobs_held_too_long_go_regardless_until_the_relay_is_quiet_again():
+async def test_each_job_is_held_at_most_the_limit_before_it_starts():
     relay = Relay([Live("bulk")], {"bulk": BULK})
     quiet = relay.gate(max_hold=5 * SAMPLE)
     assert await quiet.wait() == 5 * SAMPLE
-    assert await quiet.wait() == SAMPLE  # still busy, but the hold has run out: one sample only
+    assert await quiet.wait() == 5 * SAMPLE  # the next job too: no hold carries over from the one before
     relay.rates.clear()
-    assert await quiet.wait() == SAMPLE  # a quiet sample ends the hold...
-    relay.rates["bulk"] = BULK
-    assert await quiet.wait() == 5 * SAMPLE  # ...so a busy relay holds jobs the whole limit again
+    assert await quiet.wait() == SAMPLE
 
 
 def _state(pid: int) -> str:
@@ -128,26 +128,57 @@ async def test_a_running_job_is_stopped_while_the_relay_is_busy_and_continued_af
         await job.wait()
 
 
-async def test_a_job_held_the_whole_limit_is_continued_while_the_relay_stays_busy():
-    relay = Relay([Live("bulk")], {"bulk": BULK}, real=True)
-    quiet = relay.gate(max_hold=20 * SAMPLE)
+async def test_a_job_is_stopped_at_most_the_limit_in_all_however_the_relay_comes_and_goes():
+    # Busy four samples in five, for ever: stopped and continued in turn until stopped 6 samples in all.
+    relay = Relay([Live("bulk")], real=True, pattern=lambda n: 0 if n % 5 == 4 else BULK)
+    quiet = relay.gate(max_hold=6 * SAMPLE)
     job = await asyncio.create_subprocess_exec("sleep", "60")
     try:
         async with quiet.pausing(job.pid):
             await _until(lambda: _state(job.pid) == "T", "stopped under bulk traffic")
-            await _until(lambda: relay.samples > 21 and _state(job.pid) in "SR", "continued after the limit")
+            await _until(lambda: relay.samples >= 20, "twenty samples")
+            seen = set()
+            while relay.samples < 40:  # busy stretches go on, the job is stopped no more
+                seen.add(_state(job.pid))
+                await asyncio.sleep(0.002)
+            assert seen <= set("SR"), seen
     finally:
         job.kill()
         await job.wait()
 
 
-async def test_a_job_that_ends_while_it_is_watched_is_no_error():
+async def test_a_job_stopped_when_its_caller_is_cancelled_is_continued():
+    relay = Relay([Live("bulk")], {"bulk": BULK}, real=True)
+    job = await asyncio.create_subprocess_exec("sleep", "60")
+    stopped = asyncio.Event()
+
+    async def watched() -> None:
+        async with relay.gate().pausing(job.pid):
+            await _until(lambda: _state(job.pid) == "T", "stopped under bulk traffic")
+            stopped.set()
+            await asyncio.Event().wait()
+
+    try:
+        task = asyncio.ensure_future(watched())
+        await asyncio.wait_for(stopped.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert _state(job.pid) in "SR"
+    finally:
+        job.kill()
+        await job.wait()
+
+
+async def test_watching_a_job_that_has_ended_ends_quietly():
     relay = Relay([Live("bulk")], {"bulk": BULK}, real=True)
     job = await asyncio.create_subprocess_exec("true")
-    async with relay.gate().pausing(job.pid):
-        await job.wait()
-        await asyncio.sleep(0.05)  # samples go on past its end
-    assert job.returncode == 0
+    pidfd = os.pidfd_open(job.pid)
+    try:
+        await job.wait()  # gone and reaped: a signal to it finds no process
+        await asyncio.wait_for(relay.gate()._pause(pidfd), 10)  # returns, raises nothing
+    finally:
+        os.close(pidfd)
 
 
 async def test_the_background_indexer_waits_on_the_gate(services_with_gate):
@@ -156,7 +187,7 @@ async def test_the_background_indexer_waits_on_the_gate(services_with_gate):
 
     indexer = _indexer(services)
     indexing = asyncio.ensure_future(indexer.index_one("no-such-session"))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(services.quiet.entered.wait(), 10)
     assert not indexing.done()  # held at the gate
     released.set()
     await asyncio.wait_for(indexing, 10)
@@ -168,7 +199,7 @@ async def test_the_keyframes_job_waits_on_the_gate(services_with_gate):
     from bastion.recordings import build_keyframes
 
     building = asyncio.ensure_future(build_keyframes(services, "no-such-session"))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(services.quiet.entered.wait(), 10)
     assert not building.done()  # held at the gate, before it even looks the recording up
     released.set()
     with pytest.raises(NotFound):
@@ -197,8 +228,10 @@ async def services_with_gate(tmp_path):
 
     class Held:
         paused: list[int] = []
+        entered = asyncio.Event()
 
         async def wait(self) -> float:
+            self.entered.set()
             await released.wait()
             return 0.0
 
