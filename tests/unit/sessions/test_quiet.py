@@ -172,9 +172,10 @@ async def test_a_job_stopped_when_its_caller_is_cancelled_is_continued():
 
 async def test_watching_a_job_that_has_ended_ends_quietly():
     relay = Relay([Live("bulk")], {"bulk": BULK}, real=True)
-    job = await asyncio.create_subprocess_exec("true")
-    pidfd = os.pidfd_open(job.pid)
+    job = await asyncio.create_subprocess_exec("cat", stdin=asyncio.subprocess.PIPE)
+    pidfd = os.pidfd_open(job.pid)  # while it runs: it waits for its input
     try:
+        job.stdin.close()
         await job.wait()  # gone and reaped: a signal to it finds no process
         await asyncio.wait_for(relay.gate()._pause(pidfd), 10)  # returns, raises nothing
     finally:
