@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bastion.datadir import init_data_dir  # noqa: E402
 from bastion.ssh import asyncssh_fastpath  # noqa: E402
+from bench.procs import tree_cpu_seconds  # noqa: E402
 from tests.support.gateway import Directory, GatewayProcess  # noqa: E402
 from tests.support.memory import status_kib  # noqa: E402
 
@@ -128,9 +129,9 @@ async def drive(port: int, key_path: Path, sessions: int, seconds: float, gatewa
         gc.freeze()  # what the sessions hold now is never walked again while they type
     collections = _CollectionClock()
     gc.callbacks.append(collections)
-    cpu_before = cpu_seconds(gateway_pid)
+    cpu_before = tree_cpu_seconds(gateway_pid)
     # Where the 2 cores go while typing: the gateway (with its sealer), this client, the echo target.
-    machine_before, echo_before, client_before = machine_busy_seconds(), cpu_seconds(echo_pid), time.process_time()
+    machine_before, echo_before, client_before = machine_busy_seconds(), tree_cpu_seconds(echo_pid), time.process_time()
     collections.on = True
     start_typing.set()
     await asyncio.sleep(seconds)
@@ -138,9 +139,9 @@ async def drive(port: int, key_path: Path, sessions: int, seconds: float, gatewa
     collections.on = False
     gc.callbacks.remove(collections)
     gc.unfreeze()
-    cpu_used = cpu_seconds(gateway_pid) - cpu_before
+    cpu_used = tree_cpu_seconds(gateway_pid) - cpu_before
     machine_used = machine_busy_seconds() - machine_before
-    echo_used, client_used = cpu_seconds(echo_pid) - echo_before, time.process_time() - client_before
+    echo_used, client_used = tree_cpu_seconds(echo_pid) - echo_before, time.process_time() - client_before
     await asyncio.wait(tasks, timeout=30)
     ordered = sorted(outcome.latencies)
 
@@ -163,17 +164,6 @@ def machine_busy_seconds() -> float:
     """CPU seconds spent by every core on anything but idle and I/O wait, from /proc/stat."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (all its threads) and of its children (the recording
-    sealer), from /proc."""
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    total = 0
-    for each in [pid, *map(int, children)]:
-        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def measure(sessions: int, seconds: float, *, stock_apparatus: bool = False) -> dict[str, float]:

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bastion.datadir import init_data_dir  # noqa: E402
 from bastion.localsshd import LocalSshd  # noqa: E402
 from bench.peers import Peer, start_recording_jump  # noqa: E402
+from bench.procs import descendants, tree_cpu_seconds  # noqa: E402
 from tests.support.gateway import Directory, GatewayProcess  # noqa: E402
 
 
@@ -74,25 +75,6 @@ SETTLE_WINDOW = 0.5
 QUIET_CPU = 0.05  # of a core
 
 
-def descendants(root: int) -> list[int]:
-    """PIDs of every living descendant of process `root`."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass  # gone meanwhile
-    found = []
-    for pid in parents:
-        ancestor = parents.get(pid)
-        while ancestor is not None and ancestor != root and ancestor > 1:
-            ancestor = parents.get(ancestor)
-        if ancestor == root:
-            found.append(pid)
-    return found
-
-
 def post_session_jobs(root: int) -> list[int]:
     """PIDs of the post-session jobs among the descendants of process `root`."""
     found = []
@@ -104,18 +86,6 @@ def post_session_jobs(root: int) -> list[int]:
         if any(job.encode() in command for job in POST_SESSION_JOBS):
             found.append(pid)
     return found
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of process `root` and its descendants, living and reaped (the sealer included)."""
-    total = 0.0
-    for pid in [root, *descendants(root)]:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def settle(roots: list[int]) -> float:

@@ -79,8 +79,6 @@ class SessionRecorder:
 
         self._buffer: list[Event] = []
         self._buffer_bytes = 0
-        self._inflight_bytes = 0
-        self._inflight_events = 0
         # Jobs sent and not yet handled, oldest first: (future, raw bytes, events).
         self._jobs: deque[tuple[asyncio.Future[WriteState], int, int]] = deque()
         self._depth = max(1, writer.pipeline_depth)
@@ -278,8 +276,6 @@ class SessionRecorder:
 
     def _sent(self, job: asyncio.Future[WriteState], size: int, events: int) -> None:
         self._jobs.append((job, size, events))
-        self._inflight_bytes += size
-        self._inflight_events += events
         job.add_done_callback(self._on_job_done)
 
     def _take_job(self) -> tuple[list[Event], int]:
@@ -304,9 +300,7 @@ class SessionRecorder:
         # Jobs finish in the order they were sent; each is handled once (close() may handle one before
         # the loop runs this callback), oldest first, so the state only ever moves forward.
         while self._jobs and self._jobs[0][0].done():
-            done, size, events = self._jobs.popleft()
-            self._inflight_bytes -= size
-            self._inflight_events -= events
+            done, _, _ = self._jobs.popleft()
             if self._failed is not None:
                 if not done.cancelled():
                     done.exception()  # retrieved: a job queued behind a failed one fails too, as expected
@@ -348,8 +342,9 @@ class SessionRecorder:
         await self._wait(job)
 
     def _check_backlog(self) -> None:
-        waiting = self._buffer_bytes + self._inflight_bytes
-        events = len(self._buffer) + self._inflight_events
+        # In flight: at most pipeline_depth jobs, so summing them here costs next to nothing.
+        waiting = self._buffer_bytes + sum(size for _, size, _ in self._jobs)
+        events = len(self._buffer) + sum(count for _, _, count in self._jobs)
         if self._backlogged:
             # Resume at half the limit so a steady stream does not flap between states.
             if waiting <= self._backlog_bytes // 2 and events <= self._max_events // 2:
@@ -397,7 +392,6 @@ class SessionRecorder:
             if self._jobs:
                 self._on_job_done(self._jobs[0][0])  # handled oldest first: no failure left unretrieved
             self._jobs.clear()
-            self._inflight_bytes = self._inflight_events = 0
         try:
             repair = self._writer.abandon(duration=self._now(), end_reason=f"recording failed: {reason}",
                                           closed_at=self._clock.now().isoformat())

@@ -197,11 +197,8 @@ def stored_zlib(data: bytes) -> bytes:
     return b"".join(parts)
 
 
-def compress_chunk(data: bytes, compress: bool | None = None) -> bytes:
-    """A zlib stream of `data`: compressed when it pays off well (`compress`, or a sample of `data`
-    says so), stored otherwise."""
-    if compress is None:
-        compress = worth_compressing(data)
+def compress_chunk(data: bytes, compress: bool) -> bytes:
+    """A zlib stream of `data`: compressed at COMPRESS_LEVEL if `compress`, stored otherwise."""
     return zlib.compress(data, COMPRESS_LEVEL) if compress else stored_zlib(data)
 
 

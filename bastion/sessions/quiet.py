@@ -51,12 +51,11 @@ class QuietGate:
     async def wait(self) -> float:
         """Return once the relay is quiet for a sample, or after MAX_HOLD_SECONDS; seconds held."""
         start = self._clock()
-        while True:
-            before = self._moved()
-            if not before:  # no live session to slow down
-                break
+        counts = self._moved()
+        while counts:  # with no live session there is nothing to slow down
             await self._sleep(self._sample)
-            if not self._busy(before, self._moved()) or self._clock() - start >= self._max_hold:
+            before, counts = counts, self._moved()
+            if not self._busy(before, counts) or self._clock() - start >= self._max_hold:
                 break
         return self._clock() - start
 
@@ -86,10 +85,11 @@ class QuietGate:
         stopped_since: float | None = None
         stopped_for = 0.0  # in all, so the job's own time limit is never spent waiting
         try:
+            counts = self._moved()
             while True:
-                before = self._moved()
                 await self._sleep(self._sample)
-                busy = self._busy(before, self._moved()) and stopped_for < self._max_hold
+                before, counts = counts, self._moved()
+                busy = self._busy(before, counts) and stopped_for < self._max_hold
                 now = self._clock()
                 if busy and stopped_since is None:
                     signal.pidfd_send_signal(pidfd, signal.SIGSTOP)

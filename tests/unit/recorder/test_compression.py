@@ -29,7 +29,7 @@ def _block_types(stream: bytes) -> set[int]:
 
 def _coding(data: bytes) -> str:
     """Which coding compress_chunk chose, read back from the stream itself."""
-    out = writer.compress_chunk(data)
+    out = writer.compress_chunk(data, writer.worth_compressing(data))
     assert zlib.decompress(out) == data
     if out == writer.stored_zlib(data):
         return "stored"
@@ -40,7 +40,7 @@ def _coding(data: bytes) -> str:
 def test_repetitive_output_gets_full_level_1():
     log = b"2026-11-28 12:00:01 INFO request id=12345 path=/api/v1/items status=200\n" * 900
     assert _coding(log) == "level1"
-    assert len(writer.compress_chunk(log)) < len(log) // 20
+    assert len(writer.compress_chunk(log, True)) < len(log) // 20
 
 
 def test_text_that_barely_compresses_is_stored_not_worked_on():
@@ -55,7 +55,7 @@ def test_random_bytes_are_stored_not_worked_on():
 
 @pytest.mark.parametrize("data", [b"", b"x", os.urandom(10), b"\0" * 100_000])
 def test_edge_sizes_round_trip(data):
-    assert zlib.decompress(writer.compress_chunk(data)) == data
+    assert zlib.decompress(writer.compress_chunk(data, writer.worth_compressing(data))) == data
 
 
 @pytest.mark.parametrize("size", [0, 1, 65534, 65535, 65536, 2 * 65535, 2 * 65535 + 1, 200_000])
