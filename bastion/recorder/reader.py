@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from zlib_ng import zlib_ng
 
 from bastion.errors import RecordingError, VaultError
 from bastion.recorder import container
@@ -90,10 +90,10 @@ def _decrypt(aead: AESGCM, session_id: str, chunk: container.ChunkFields) -> byt
 
 def _chunk_lines(compressed: bytes) -> list[str] | None:
     """The asciicast lines of a decrypted chunk, or None if it does not decode as one."""
-    inflater = zlib.decompressobj()
+    inflater = zlib_ng.decompressobj()  # zlib streams; zlib-ng inflates them about twice as fast
     try:
         plain = inflater.decompress(compressed, container.MAX_DECOMPRESSED)
-    except zlib.error:
+    except zlib_ng.error:
         return None
     if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
         return None
