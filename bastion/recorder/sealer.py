@@ -1,4 +1,4 @@
-"""The recording sealer process (`python -m bastion.recorder.sealer KEYS_DIR FD`): seals and writes chunks.
+"""The recording sealer process (`python -m bastion.recorder.sealer KEYS_DIR FD [RING_FD]`): seals and writes chunks.
 
 Turning terminal output into asciicast lines, compressing, encrypting, hashing and writing it costs more
 CPU than relaying it. Done in threads of the gateway it competes with the relay for the interpreter lock;
@@ -8,6 +8,7 @@ to completion, in order, and gets one reply. Nothing of a session's content is e
 Wire format, both ways: u32 length | marshal of a tuple (marshal builds only plain values, never objects).
   request: (job_id, op, recording_id, args)      op: open | append | finish | abandon | drop
            open's args: (path, (st_dev, st_ino), session_id, data_key, preamble, header, chunk_bytes)
+           an event's bytes may be an (offset, length) reference into the shared ring (`ring`, RING_FD)
   reply:   (job_id, chunks, size, last_hash) on success, (job_id, None, errno or None, reason) on failure
   first message from the sealer: (0, "ready")
 """
@@ -28,6 +29,7 @@ from typing import Any, BinaryIO
 
 from bastion.keys import load_node_key
 from bastion.memtuning import tune_process
+from bastion.recorder.ring import RingReader, resolve_without_ring
 from bastion.recorder.writer import ChunkWriter, GroupSync, WriteState
 
 log = logging.getLogger("bastion.recorder.sealer")
@@ -61,8 +63,9 @@ def read_message(stream: BinaryIO) -> Any:
 class Sealer:
     """The open recordings of one gateway, keyed by recording id."""
 
-    def __init__(self, keys_dir: Path):
+    def __init__(self, keys_dir: Path, ring: RingReader | None = None):
         self._node_key = load_node_key(keys_dir)
+        self._resolve = ring.resolve if ring is not None else resolve_without_ring
         self._interval = 1.0  # recording.flush_interval, sent with every append (the policy may change it)
         self._group_sync = GroupSync(lambda: self._interval, background=True)
         self._writers: dict[str, ChunkWriter] = {}
@@ -75,10 +78,11 @@ class Sealer:
             raise OSError(errno.EBADF, "recording is not open in the sealer")
         if op == "append":
             events, self._interval = args
-            return writer.append(events)
+            return writer.append(self._resolve(events))
         if op == "finish":
             events, duration, end_reason, closed_at = args
-            state = writer.finish(events, duration=duration, end_reason=end_reason, closed_at=closed_at)
+            state = writer.finish(self._resolve(events), duration=duration, end_reason=end_reason,
+                                  closed_at=closed_at)
             del self._writers[recording_id]  # only once sealed: after a failure, abandon still needs it
             return state
         if op in ("abandon", "drop"):
@@ -137,8 +141,8 @@ def serve(sealer: Sealer, channel: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m bastion.recorder.sealer KEYS_DIR FD", file=sys.stderr)
+    if len(argv) not in (2, 3):
+        print("usage: python -m bastion.recorder.sealer KEYS_DIR FD [RING_FD]", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A stop signal meant for the gateway (Ctrl-C, systemd's SIGTERM to the whole unit) must not end the
@@ -147,7 +151,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = socket.socket(fileno=int(argv[1]))
     channel.setblocking(True)
-    sealer = Sealer(Path(argv[0]))
+    ring = None
+    if len(argv) == 3:
+        ring_fd = int(argv[2])
+        ring = RingReader(ring_fd)
+        os.close(ring_fd)  # the mapping stays
+    sealer = Sealer(Path(argv[0]), ring)
     tune_process()
     try:
         serve(sealer, channel)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from bastion.recorder.ring import PayloadRing
 from bastion.recorder.sealer import LENGTH, MAX_MESSAGE, frame
 from bastion.recorder.writer import Event, WriteState
 
@@ -64,6 +65,7 @@ class SealerProcess:
         self._interval = interval  # recording.flush_interval, read at use: the global policy may change it
         self._process: subprocess.Popen | None = None
         self._transport: asyncio.Transport | None = None
+        self._ring: PayloadRing | None = None  # this generation's shared memory for output bytes
         self._generation = 0
         self._jobs: dict[int, tuple[asyncio.Future, str, str]] = {}  # job id: (future, op, recording id)
         self._next_job = 1
@@ -94,12 +96,15 @@ class SealerProcess:
             for end in (ours, theirs):
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+            self._ring = PayloadRing()
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "bastion.recorder.sealer", str(self._keys_dir), str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                [sys.executable, "-m", "bastion.recorder.sealer", str(self._keys_dir), str(theirs.fileno()),
+                 str(self._ring.fd)],
+                pass_fds=(theirs.fileno(), self._ring.fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 start_new_session=True)  # a Ctrl-C for the gateway is not for the sealer: it ends at EOF
         except BaseException:
             ours.close()
+            self._close_ring()
             raise
         finally:
             theirs.close()
@@ -159,8 +164,14 @@ class SealerProcess:
         if not self.running or generation != self._generation or self._transport is None:
             raise SealerStopped("recording writer stopped")
         job_id = self._next_job
+        if op in ("append", "finish") and self._ring is not None:
+            placed = self._ring.place(job_id, args[0])  # None: no room, the bytes go inline
+            if placed is not None:
+                args = (placed, *args[1:])
         message = frame((job_id, op, recording_id, args))
         if len(message[1]) > MAX_MESSAGE:  # the sealer would take it for garbage and stop
+            if self._ring is not None:
+                self._ring.release(job_id)
             raise SealerStopped("recording job too large")
         self._next_job += 1
         future: asyncio.Future[WriteState] = asyncio.get_running_loop().create_future()
@@ -179,6 +190,8 @@ class SealerProcess:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             return
+        if self._ring is not None:
+            self._ring.release(job_id)  # answered: the sealer is done with its bytes
         job = self._jobs.pop(job_id, None)
         if job is None:
             return
@@ -206,13 +219,20 @@ class SealerProcess:
         for future, _, _ in jobs.values():
             if not future.done():
                 future.set_exception(SealerStopped("recording writer stopped"))
+        self._close_ring()
         if self._process is not None:
             self._process.poll()  # reap it if it has exited (no zombie until the next start)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(SealerStopped(why))
             self._ready.exception()  # retrieved: start() reports it
 
+    def _close_ring(self) -> None:
+        if self._ring is not None:
+            self._ring.close()  # the sealer's mapping, if it still runs, stays valid until it exits
+            self._ring = None
+
     def _cleanup(self) -> None:
+        self._close_ring()
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
         if self._process is not None:

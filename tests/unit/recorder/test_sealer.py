@@ -128,6 +128,58 @@ async def test_flush_writes_two_jobs_in_flight_and_every_job_buffered_behind_the
     assert output_text(lines(env, rec)) == b"".join(blocks).decode()
 
 
+async def test_bulk_output_reaches_the_sealer_through_the_ring_not_the_socket(env, monkeypatch):
+    from bastion.recorder import sink
+
+    monkeypatch.setattr(sink, "JOB_BYTES", 64 * 1024)
+    store = env.store(recording__chunk_bytes=16 * 1024, sealed=True)
+    rec = await env.open(store)
+    process = store._sealer
+    sent: list[int] = []
+    writelines = process._transport.writelines
+    process._transport.writelines = lambda message: (sent.append(sum(map(len, message))), writelines(message))
+    blocks = [os.urandom(12 * 1024).hex().encode() for _ in range(20)]  # 480 KiB
+    for block in blocks:
+        rec.output(block)
+    await rec.flush()
+    assert len(sent) >= 5 and max(sent) < 4096, sent  # offsets and lengths only: the bytes went by the ring
+    assert process._ring.held == 0  # every answered job gave its region back
+    await rec.close("exited")
+    assert verify(rec.path, env.public_key, vault=env.vault).status == "sealed"
+    assert output_text(lines(env, rec)) == b"".join(blocks).decode()
+
+
+async def test_jobs_that_find_the_ring_full_go_inline_and_no_region_is_reused_early(env, monkeypatch):
+    from bastion.recorder import ring, sink
+
+    monkeypatch.setattr(sink, "JOB_BYTES", 16 * 1024)
+    monkeypatch.setattr(ring, "RING_BYTES", 64 * 1024)
+    store = env.store(recording__chunk_bytes=4096, sealed=True)
+    recs = [await env.open(store) for _ in range(3)]
+    process = store._sealer
+    assert process._ring.size == 64 * 1024
+    blocks: dict[int, list[bytes]] = {id(rec): [] for rec in recs}
+    placed: list[bool] = []
+    place = process._ring.place
+    process._ring.place = lambda job_id, events: (result := place(job_id, events), placed.append(bool(result)))[0]
+    os.kill(process._process.pid, signal.SIGSTOP)  # every job stays in flight, holding its region
+    try:
+        for step in range(6):
+            for number, rec in enumerate(recs):
+                block = bytes([ord("a") + 3 * step + number]) * 9000
+                blocks[id(rec)].append(block)
+                rec.output(block)
+        assert sum(len(rec._jobs) for rec in recs) == 6  # two jobs each, more than the ring holds
+        assert True in placed and False in placed and process._ring.held <= 64 * 1024
+    finally:
+        os.kill(process._process.pid, signal.SIGCONT)
+    for rec in recs:
+        await rec.close("exited")
+        assert verify(rec.path, env.public_key, vault=env.vault).status == "sealed"
+        assert output_text(lines(env, rec)) == b"".join(blocks[id(rec)]).decode()
+    assert process._ring.held == 0
+
+
 async def test_a_dead_sealer_fails_its_recordings_closed_and_a_new_one_serves_the_next(env):
     store = env.store(sealed=True)
     rec = await env.open(store)
@@ -173,11 +225,12 @@ async def test_a_stopped_store_refuses_new_recordings(env):
 class RawSealer:
     """A sealer process driven by hand over its socket, as the gateway would, or with garbage."""
 
-    def __init__(self, keys_dir):
+    def __init__(self, keys_dir, ring_fd: int | None = None):
         self.ours, theirs = socket.socketpair()
+        ring = () if ring_fd is None else (ring_fd,)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bastion.recorder.sealer", str(keys_dir), str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
+            [sys.executable, "-m", "bastion.recorder.sealer", str(keys_dir), str(theirs.fileno()), *map(str, ring)],
+            pass_fds=(theirs.fileno(), *ring), stderr=subprocess.PIPE)
         theirs.close()
         self.ours.settimeout(30)
         self.stream = self.ours.makefile("rb")
@@ -251,6 +304,31 @@ def test_the_sealer_answers_unknown_operations_and_recordings_with_an_error(env,
     assert code == 0
     assert target.read_bytes() == b"untouched" and other.read_bytes() == b"untouched"
     assert "short key" not in err
+
+
+@pytest.mark.parametrize("with_ring", [True, False], ids=["out-of-bounds", "no-ring"])
+def test_a_bad_ring_reference_fails_its_recording_and_writes_nothing_after_it(env, tmp_path, with_ring):
+    from bastion.recorder.ring import PayloadRing
+
+    ring = PayloadRing(4096)
+    sealer = RawSealer(env.config.keys_dir, ring.fd if with_ring else None)
+    path = tmp_path / "r.bcast"
+    path.write_bytes(b"pre")
+    status = os.stat(path)
+    reply = sealer.request(1, "open", "r", (str(path), (status.st_dev, status.st_ino), "s", b"k" * 32, b"pre",
+                                            b"{}\n", 64))
+    assert reply[:3] == (1, 0, 3)  # open: no chunk yet, the 3-byte preamble
+    placed = ring.place(2, [(0.0, "o", b"secret" * 20)])
+    bad = (0, 4097) if with_ring else placed[0][2]
+    assert sealer.request(2, "append", "r", ([(0.0, "o", b"before "), (0.1, "o", bad)], 1.0)) == \
+        (2, None, None, "ValueError")  # the kind only, never the bytes
+    assert path.read_bytes() == b"pre"  # not even the events before the bad one
+    reply = sealer.request(3, "append", "r", (placed, 1.0))
+    assert reply[:3] == (3, None, 5)  # EIO: nothing is written after a failed job (no gap)
+    assert path.read_bytes() == b"pre"
+    code, err = sealer.finish()
+    ring.close()
+    assert code == 0 and "secret" not in err
 
 
 @pytest.mark.parametrize("reply", [b"", b"\xff\x00", marshal.dumps([1, 2, 3, 4]), marshal.dumps(("1", 2, 3, 4)),
@@ -394,8 +472,8 @@ async def test_a_job_over_the_message_limit_is_refused_here_and_the_sealer_keeps
     rec = await env.open(store)
     monkeypatch.setattr(sealer_client, "MAX_MESSAGE", 4096)  # the sealer itself keeps the real limit
     with pytest.raises(SealerStopped, match="too large"):
-        rec._writer.append([(0.0, "o", b"x" * 8192)])  # sent, the sealer would stop on it as garbage
-    assert store._sealer.running and not store._sealer._jobs
+        rec._writer.append([(0.0, "i", "x" * 8192)])  # text goes inline; sent, the sealer would stop on it
+    assert store._sealer.running and not store._sealer._jobs and store._sealer._ring.held == 0
     rec.output(b"small enough")
     await rec.close("exited")
     assert verify(rec.path, env.public_key, vault=env.vault).status == "sealed"
