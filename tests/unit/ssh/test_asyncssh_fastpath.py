@@ -307,3 +307,70 @@ async def test_no_ignore_packet_before_each_packet_with_an_aead_cipher(cipher, i
         await server.wait_closed()
     assert result.stdout == b"x" * 10 and result.exit_status == 0
     assert (MSG_IGNORE in received) is ignores_expected, received
+
+
+# --- a large read handed over a step at a time ------------------------------------------------
+
+class _Parsed:
+    """Stands in for an SSHConnection: what was parsed, and whether it is still open."""
+
+    def __init__(self, close_after: int | None = None):
+        self._transport: object | None = object()
+        self.pieces: list[bytes] = []
+        self._close_after = close_after
+
+    def parse(self, connection: "_Parsed", piece) -> None:
+        assert connection is self
+        self.pieces.append(bytes(piece))
+        if self._close_after is not None and len(self.pieces) == self._close_after:
+            self._transport = None  # what asyncssh's _force_close does, e.g. on a bad MAC
+
+
+@pytest.mark.parametrize("size", [0, 1, asyncssh_fastpath.RECEIVE_STEP, asyncssh_fastpath.RECEIVE_STEP + 1,
+                                  256 * 1024, 256 * 1024 + 77])
+def test_a_read_is_parsed_in_steps_in_order_and_whole(size):
+    data = os.urandom(size)
+    connection = _Parsed()
+    asyncssh_fastpath.feed_in_steps(connection.parse, connection, data)
+    assert b"".join(connection.pieces) == data
+    assert all(len(piece) <= asyncssh_fastpath.RECEIVE_STEP for piece in connection.pieces)
+    assert len(connection.pieces) == max(1, -(-size // asyncssh_fastpath.RECEIVE_STEP))
+
+
+def test_nothing_more_of_a_read_is_parsed_once_the_connection_closed():
+    connection = _Parsed(close_after=2)
+    asyncssh_fastpath.feed_in_steps(connection.parse, connection, os.urandom(5 * asyncssh_fastpath.RECEIVE_STEP))
+    assert len(connection.pieces) == 2
+
+
+async def _send_four_mib(process) -> None:
+    block = os.urandom(1 << 20)
+    for _ in range(4):
+        process.stdout.write(block)
+    await process.stdout.drain()
+    process.exit(0)
+
+
+async def test_bulk_data_arrives_whole_and_the_receive_buffer_stays_within_a_step(monkeypatch):
+    largest: list[int] = [0]
+    recv_pkthdr = SSHConnection._recv_pkthdr
+
+    def measuring(self):
+        largest[0] = max(largest[0], len(self._inpbuf))
+        return recv_pkthdr(self)
+
+    monkeypatch.setattr(SSHConnection, "_recv_pkthdr", measuring)
+    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                   server_factory=lambda: _NoAuth(asyncio.Event(), asyncio.Event()),
+                                   process_factory=_send_four_mib, encoding=None, window=8 << 20)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u", agent_path=None,
+                                    client_keys=None, config=None) as client:
+            result = await asyncio.wait_for(client.run("x", encoding=None, window=8 << 20), 60)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(result.stdout) == 4 << 20 and result.exit_status == 0
+    # Reads of up to 256 KiB came in (asyncio's limit); the parser never held more than a step of them.
+    assert 0 < largest[0] <= asyncssh_fastpath.RECEIVE_STEP, largest[0]
