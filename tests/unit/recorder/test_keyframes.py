@@ -90,17 +90,24 @@ PRELUDES = [
     "\x1b[10;1H" + "left\ttabbed\r\n" * 3 + "\x1b[24;70Hcorner",
     "\x1b[24;80Hx",                     # the cursor waits at the right edge (the next character wraps)
     "\x1b[?7l\x1b[24;78Habc",           # ... or stays there, autowrap off
+    "\x1b[3g\x1b[1;5H\x1bH\x1b[1;33H\x1bH\x1b[1;79H\x1bH\x1b[H",  # tab stops at 4, 32 and 78 only
+    "\x1b[3g",                          # no tab stops at all: a tab goes to the last column
 ]
 
 
 def _plain_output(seed: int) -> str:
     """Terminal output (CR LF, some wide characters and tabs) for even seeds; output without a terminal
-    (bare LF, ASCII: base64, logs) for odd ones."""
+    (bare LF: base64 and logs for seeds 1 and 5 modulo 6, else text with tabs, wide, combining and
+    zero-width characters, which pyte draws by their width) for odd ones."""
     import random
 
     rng = random.Random(seed)
-    letters, ends = ("abcdefghij XYZ\tä日", ["\r\n", "\r\n", "\n", "\r", "\n\r"]) if seed % 2 == 0 else \
-        ("abcdefghij+/XYZ=", ["\n"])
+    if seed % 2 == 0:
+        letters, ends = "abcdefghij XYZ\tä日", ["\r\n", "\r\n", "\n", "\r", "\n\r"]
+    elif seed % 6 in (1, 5):
+        letters, ends = "abcdefghij+/XYZ=", ["\n"]
+    else:
+        letters, ends = "abcdefgh XYZ\t\tä日本\u0301\u200b\U0001f600", ["\n"]
     pieces = []
     for _ in range(rng.randint(40, 120)):
         text = "".join(rng.choice(letters) for _ in range(rng.choice([0, 5, 70, 76, 79, 80, 81, 160, 200])))
@@ -132,12 +139,36 @@ def test_plain_output_leaves_the_same_screen_from_its_tail_as_in_full(prelude):
     assert skipped >= 16  # most of these outputs are long enough to skip: the check above is not vacuous
 
 
+@pytest.mark.parametrize("prelude", PRELUDES)
+@pytest.mark.parametrize("line", ["x\ty", "日本語", "e\u0301\u0301", "a\u200bb", "\t" * 12, "\U0001f600" * 41,
+                                  "tab\tthen 日" * 9], ids=["tab", "wide", "combining", "zero-width", "tabs",
+                                                          "emoji-past-edge", "mixed"])
+def test_text_without_carriage_returns_is_skipped_and_leaves_the_column_pyte_would(prelude, line):
+    data = (line + "\n") * 300
+    full, tail = pyte.Screen(80, 24), pyte.Screen(80, 24)
+    for screen in (full, tail):
+        pyte.Stream(screen).feed(prelude)
+    part = keyframes.skip_plain(data, tail)
+    assert len(part) < len(data)  # the column is known: most of it is skipped
+    pyte.Stream(full).feed(data)
+    pyte.Stream(tail).feed(part)
+    assert _state(tail) == _state(full)
+
+
+def test_under_another_character_set_the_column_is_not_guessed():
+    screen = pyte.Screen(80, 24)
+    stream = pyte.Stream(screen)
+    stream.use_utf8 = False  # pyte honours shift-out only outside UTF-8 (replay streams stay in UTF-8)
+    stream.feed("\x0e")  # the G1 set (DEC graphics) draws from here on
+    assert screen.charset == 1
+    data = "x\ty\n" * 300
+    assert keyframes.skip_plain(data, screen) == data
+
+
 @pytest.mark.parametrize("data", [
     "x\r\n" * 100 + "\x1b[31mred\r\n" + "y\r\n" * 100,   # an escape changes modes: all of it counts
     "x\r\n" * 100 + "\x0e" + "y\r\n" * 100,              # shift-out switches the character set
     "x\r\n" * 100 + "\x9b2J" + "y\r\n" * 100,            # an 8-bit CSI
-    "x\ty\n" * 300,                                     # no carriage return, and a tab: column unknown
-    "日\n" * 300,                                       # ... or a wide character
     "x\r\n" * 40,                                       # too few line feeds to scroll everything off
 ])
 def test_output_with_controls_or_too_few_lines_is_emulated_in_full(data):
