@@ -20,7 +20,7 @@ import unicodedata
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyte
 from pyte import charsets, modes as mo
@@ -131,46 +131,56 @@ def skip_plain(data: str, screen: pyte.Screen) -> str:
     bare LF) `column_after` follows it through the characters skipped. Any other control or escape
     can change modes, margins or the character set: such output is emulated in full.
     """
-    return _skip_known_plain(data, screen) if is_plain(data) else data
+    return data[_skipped_length([data], screen):] if is_plain(data) else data
 
 
-def _skip_known_plain(data: str, screen: pyte.Screen) -> str:
-    """skip_plain for text the caller has already found plain (build checks each event as it comes)."""
+def _skipped_length(pieces: list[str], screen: pyte.Screen) -> int:
+    """How much of plain `pieces` (read by read, already found plain) skip_plain skips; moves the cursor."""
+    data = "".join(pieces)
     height = screen.lines
     if data.count("\n") < 2 * height - 1:
-        return data
+        return 0
     if screen.margins not in (None, (0, height - 1)) or mo.LNM in screen.mode:
-        return data
+        return 0
     position = len(data)
     for _ in range(height):  # the rest starts at the height-th line feed from the end
         position = data.rfind("\n", 0, position)
     carriage = data.rfind("\r", 0, position)
     cut = carriage + 1 if carriage >= 0 else position
-    skipped = data[:cut]
-    skipped_feeds = skipped.count("\n")
-    if skipped_feeds < height - 1:
-        return data
+    if data.count("\n", 0, cut) < height - 1:
+        return 0
     if carriage < 0:
-        x = column_after(skipped, screen)
+        x = column_after(_first(pieces, cut), screen)
         if x is None:
-            return data
+            return 0
         screen.cursor.x = x
     else:
         screen.cursor.x = 0
     screen.cursor.y = height - 1
-    return data[cut:]
+    return cut
 
 
-def column_after(text: str, screen: pyte.Screen) -> int | None:
-    """The cursor's column once pyte has drawn plain `text` without a carriage return; None if unknown.
+def _first(pieces: list[str], length: int) -> Iterator[str]:
+    """The first `length` characters of `pieces`, still split where the pieces were."""
+    for piece in pieces:
+        if length <= 0:
+            return
+        yield piece[:length]
+        length -= len(piece)
+
+
+def column_after(pieces: Iterable[str], screen: pyte.Screen) -> int | None:
+    """The cursor's column once pyte has been fed plain `pieces` without a carriage return; None if unknown.
 
     A line feed (new-line mode off) leaves the column as it is, so the column runs on through all of
-    `text`: from a 256 MiB `cat` of source code (tabs, some non-ASCII) without a terminal, emulating
+    the text: from a 256 MiB `cat` of source code (tabs, some non-ASCII) without a terminal, emulating
     it all took pyte over five minutes. This follows only the column, as `Screen.draw` and `Screen.tab`
-    move it: each run between line feeds and tabs is one `draw` call, where an ASCII run moves the
-    column by its length (wrapping at the edge with autowrap on, stopping there with it off) and any
-    other character by its width, and a character that neither has a width nor combines ends its run.
-    Under another character set the widths could differ: None.
+    move it: each run between line feeds and tabs within one feed is one `draw` call, where an ASCII
+    run moves the column by its length (wrapping at the edge with autowrap on, stopping there with it
+    off) and any other character by its width, and a character that neither has a width nor combines
+    ends its run. A resize that narrows the screen can leave the cursor, and tab stops, past the edge:
+    pyte draws the next character there and stops at the edge. Under another character set the
+    widths could differ: None.
     """
     if screen.charset != 0 or screen.g0_charset != charsets.LAT1_MAP:
         return None
@@ -180,29 +190,36 @@ def column_after(text: str, screen: pyte.Screen) -> int | None:
     def advance(x: int, drawn: int) -> int:
         if not drawn:
             return x
+        if x > columns:  # past the edge (a resize): the first character goes there, the cursor to the edge
+            x, drawn = columns, drawn - 1
+            if not drawn:
+                return x
         if wrap:  # at the right edge the next character wraps to column 0 first
             return (((x if x < columns else 0) + drawn - 1) % columns) + 1
         return min(x + drawn, columns)
 
-    if text.isascii() and "\t" not in text:
-        return advance(x, len(text) - text.count("\n"))
-    for line in text.split("\n"):
-        for number, run in enumerate(line.split("\t")):
-            if number:  # a tab before this run: to the next stop, or the last column if none is left
-                x = next((stop for stop in stops if x < stop), columns - 1)
-            if run.isascii():
-                x = advance(x, len(run))
-                continue
-            for char in run:
-                width = wcwidth(char)
-                if x == columns:
-                    if wrap:
-                        x = 0
-                    elif width > 0:
-                        x -= width
-                if width <= 0 and not (width == 0 and unicodedata.combining(char)):
-                    break  # pyte draws nothing more of this run
-                x = min(x + width, columns)
+    for piece in pieces:
+        if piece.isascii() and "\t" not in piece:  # one column each, no run ends early: only the count
+            x = advance(x, len(piece) - piece.count("\n"))
+            continue
+        for line in piece.split("\n"):
+            for number, run in enumerate(line.split("\t")):
+                if number:  # a tab before this run: to the next stop, or the last column if none is left
+                    x = next((stop for stop in stops if x < stop), columns - 1)
+                if run.isascii():
+                    x = advance(x, len(run))
+                    continue
+                for char in run:
+                    width = wcwidth(char)
+                    if x == columns:
+                        if wrap:
+                            x = 0
+                        elif width > 0:
+                            x -= width
+                    if width <= 0 and not (width == 0 and unicodedata.combining(char)):
+                        break  # pyte draws nothing more of this run
+                    if width > 0:
+                        x = min(x + width, columns)
     return x
 
 
@@ -240,7 +257,13 @@ def build(path: Path, vault: Vault, interval: float = INTERVAL) -> list[Keyframe
     def emulate_held() -> None:
         nonlocal held_chars
         if held and screen is not None and stream is not None:
-            stream.feed(_skip_known_plain("".join(held), screen))
+            # Still read by read: pyte ends a run at a character with no width, so joined reads could
+            # draw less than the same reads one by one.
+            skipped = _skipped_length(held, screen)
+            for piece in held:
+                if skipped < len(piece):
+                    stream.feed(piece[max(skipped, 0):])
+                skipped -= len(piece)
         held.clear()
         held_chars = 0
 

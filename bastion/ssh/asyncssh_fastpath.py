@@ -25,8 +25,9 @@ packets the gateway sends:
    read from uvloop holds up to 256 KiB, eight 32 KiB data packets, so bulk data was copied about
    seven times over (py-spy: the two slices were 32% of the event loop's time during a recorded bulk
    `cat`). Here a large read is handed to asyncssh `RECEIVE_STEP` bytes at a time: the same bytes in
-   the same order, with the rest never more than a step. A connection closed while one piece is
-   parsed gets none of the later ones.
+   the same order, as if TCP had split the read, with the buffer never much more than a step (a step
+   and what is left of a packet). A connection closed while one piece is parsed gets none of the
+   later pieces; asyncssh would have parsed the rest of the read, so this parses less, never more.
 
 All four patch asyncssh classes, so they hold for every asyncssh connection in the process (gateway
 front end, upstream connections, tests' servers); tests/unit/ssh/test_asyncssh_fastpath.py checks
@@ -63,7 +64,7 @@ def feed_in_steps(parse: Callable[[Any, Any], None], connection: Any, data: byte
         return
     view = memoryview(data)
     for start in range(0, len(data), RECEIVE_STEP):
-        if start and not connection._transport:  # closed by what came before: asyncssh drops the rest
+        if start and not connection._transport:  # closed by what came before: parse no more of it
             return
         parse(connection, view[start:start + RECEIVE_STEP])
 

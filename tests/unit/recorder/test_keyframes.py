@@ -155,6 +155,41 @@ def test_text_without_carriage_returns_is_skipped_and_leaves_the_column_pyte_wou
     assert _state(tail) == _state(full)
 
 
+@pytest.mark.parametrize("prelude, data", [
+    ("\x1b[1;71H", "a\n" * 300),                            # the cursor left past the new edge
+    ("", "a" * 40 + "\tb\n" + "\n" * 300),                   # a tab to a stop past the new edge
+    ("\x1b[1;71H", "\u0301\n" * 300),                       # a combining mark there moves nothing
+    ("\x1b[?7l\x1b[1;71H", "日\tx\n" * 300),                # autowrap off, past the edge
+], ids=["ascii", "tab-stop", "combining", "no-autowrap"])
+def test_a_screen_narrowed_under_the_cursor_is_followed_like_pyte(prelude, data):
+    full, tail = pyte.Screen(80, 24), pyte.Screen(80, 24)
+    for screen in (full, tail):
+        pyte.Stream(screen).feed(prelude)
+        screen.resize(24, 40)  # pyte keeps the cursor's column and the tab stops past the new edge
+    part = keyframes.skip_plain(data, tail)
+    assert len(part) < len(data)
+    pyte.Stream(full).feed(data)
+    pyte.Stream(tail).feed(part)
+    assert _state(tail) == _state(full)
+
+
+async def test_held_reads_are_emulated_read_by_read_as_without_holding(env, monkeypatch):
+    """pyte ends a run at a character with no width: "ab\u200b" then "cd" draws "abcd", joined only "ab"."""
+    clock = FixedClock(START)
+    recorder = await env.open(env.store(clock=clock, recording__flush_interval=0.05))
+    for second in range(70):
+        clock.advance(1.0)
+        for line in range(40):
+            recorder.output(f"{second:02d}:{line:02d} ab\u200b".encode())
+            recorder.output(f"cd\u2060ef 日本\t{'x' * (line * 3)}\n".encode())  # no terminal: bare LF
+    await recorder.close("exited")
+    fast = keyframes.build(recorder.path, env.vault, interval=10.0)
+    monkeypatch.setattr(keyframes, "is_plain", lambda data: False)  # nothing held: every read emulated
+    slow = keyframes.build(recorder.path, env.vault, interval=10.0)
+    assert len(fast) == 7  # at 10, 20, ... 70 s
+    assert fast == slow
+
+
 def test_under_another_character_set_the_column_is_not_guessed():
     screen = pyte.Screen(80, 24)
     stream = pyte.Stream(screen)
