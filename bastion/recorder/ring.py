@@ -22,7 +22,8 @@ from typing import Iterable, Iterator, Sequence
 from bastion.recorder.writer import Event
 
 # Room for both jobs in flight of a few bulk sessions at once (sink.JOB_BYTES each); interactive jobs
-# are a few hundred bytes. Pages are used as jobs reach them, so a quiet gateway holds little of it.
+# are a few hundred bytes. Pages are used as jobs reach them; once jobs have gone all round the ring,
+# all of it stays resident (in the gateway and the sealer alike) until that sealer is replaced.
 RING_BYTES = 8 * 1024 * 1024
 
 # An event's bytes in the ring, as sent over the socket: (offset, length).

@@ -33,13 +33,16 @@ class SealerStopped(RuntimeError):
 
 
 class _Channel(asyncio.Protocol):
-    """Reads replies off the socket pair and hands them to the client."""
+    """Reads replies off the socket pair of one sealer generation and hands them to the client."""
 
-    def __init__(self, client: "SealerProcess"):
+    def __init__(self, client: "SealerProcess", generation: int):
         self._client = client
+        self._generation = generation
         self._buffer = bytearray()
 
     def data_received(self, data: bytes) -> None:
+        if self._generation != self._client._generation:
+            return  # a sealer already given up on: what it still says is not for its successor
         self._buffer += data
         while len(self._buffer) >= LENGTH.size:
             (size,) = LENGTH.unpack_from(self._buffer)
@@ -54,7 +57,10 @@ class _Channel(asyncio.Protocol):
             self._client._reply(body)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._client._broken("sealer process ended")
+        # Late for a sealer given up on (its queued bytes kept the socket open until it was killed):
+        # breaking "the" sealer then would fail its successor and the session that started it.
+        if self._generation == self._client._generation:
+            self._client._broken("sealer process ended")
 
 
 class SealerProcess:
@@ -96,11 +102,12 @@ class SealerProcess:
             for end in (ours, theirs):
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-            self._ring = PayloadRing()
+            self._ring = _new_ring()
+            ring = () if self._ring is None else (self._ring.fd,)
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "bastion.recorder.sealer", str(self._keys_dir), str(theirs.fileno()),
-                 str(self._ring.fd)],
-                pass_fds=(theirs.fileno(), self._ring.fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 *map(str, ring)],
+                pass_fds=(theirs.fileno(), *ring), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 start_new_session=True)  # a Ctrl-C for the gateway is not for the sealer: it ends at EOF
         except BaseException:
             ours.close()
@@ -110,7 +117,8 @@ class SealerProcess:
             theirs.close()
         self._generation += 1
         self._ready = loop.create_future()
-        self._transport, _ = await loop.create_unix_connection(lambda: _Channel(self), sock=ours)
+        generation = self._generation
+        self._transport, _ = await loop.create_unix_connection(lambda: _Channel(self, generation), sock=ours)
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 await asyncio.shield(self._ready)
@@ -164,15 +172,19 @@ class SealerProcess:
         if not self.running or generation != self._generation or self._transport is None:
             raise SealerStopped("recording writer stopped")
         job_id = self._next_job
-        if op in ("append", "finish") and self._ring is not None:
-            placed = self._ring.place(job_id, args[0])  # None: no room, the bytes go inline
-            if placed is not None:
-                args = (placed, *args[1:])
-        message = frame((job_id, op, recording_id, args))
-        if len(message[1]) > MAX_MESSAGE:  # the sealer would take it for garbage and stop
-            if self._ring is not None:
-                self._ring.release(job_id)
-            raise SealerStopped("recording job too large")
+        ring = self._ring
+        try:
+            if op in ("append", "finish") and ring is not None:
+                placed = ring.place(job_id, args[0])  # None: no room, the bytes go inline
+                if placed is not None:
+                    args = (placed, *args[1:])
+            message = frame((job_id, op, recording_id, args))
+            if len(message[1]) > MAX_MESSAGE:  # the sealer would take it for garbage and stop
+                raise SealerStopped("recording job too large")
+        except BaseException:
+            if ring is not None:
+                ring.release(job_id)  # never sent: its region is free again
+            raise
         self._next_job += 1
         future: asyncio.Future[WriteState] = asyncio.get_running_loop().create_future()
         self._jobs[job_id] = (future, op, recording_id)
@@ -241,6 +253,16 @@ class SealerProcess:
             except subprocess.TimeoutExpired:
                 pass
         self._process = None
+
+
+def _new_ring() -> PayloadRing | None:
+    """This generation's shared memory, or None (its jobs' bytes then all go through the socket)."""
+    try:
+        return PayloadRing()
+    except OSError as exc:  # e.g. a kernel that refuses executable memfds (vm.memfd_noexec=2)
+        log.warning("recording sealer: no shared memory (%s); job data goes through the socket",
+                    exc.strerror or type(exc).__name__)
+        return None
 
 
 def _parse_reply(body: bytes) -> tuple:

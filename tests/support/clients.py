@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _ASKPASS_DIR = Path(tempfile.mkdtemp(prefix="bastion-askpass-"))
+atexit.register(shutil.rmtree, _ASKPASS_DIR, True)  # one per test process; none left behind
 ASKPASS = _ASKPASS_DIR / "askpass.sh"
 # OpenSSH asks the askpass program for every prompt, with the prompt as $1: the TOTP prompt gets a
 # code (fixed, or computed now from the secret), everything else the password.

@@ -32,16 +32,41 @@ def _coding(data: bytes) -> str:
     """Which coding compress_chunk chose, read back from the stream itself."""
     out = writer.compress_chunk(data, writer.worth_compressing(data))
     assert zlib.decompress(out) == data  # the standard library reads what zlib-ng writes
-    if _block_types(out) == {0}:
-        return "stored"
-    assert out == zlib_ng.compress(data, writer.COMPRESS_LEVEL)
-    return "level1"
+    return "stored" if _block_types(out) == {0} else "level1"
 
 
 def test_repetitive_output_gets_full_level_1():
     log = b"2026-11-28 12:00:01 INFO request id=12345 path=/api/v1/items status=200\n" * 900
     assert _coding(log) == "level1"
     assert len(writer.compress_chunk(log, True)) < len(log) // 20
+
+
+def _source_chunks() -> list[bytes]:
+    """64 KiB chunks of ordinary text: this Python's standard library sources, as a `cat` would show them."""
+    import sysconfig
+    from pathlib import Path
+
+    text = b"".join(path.read_bytes() for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:60])
+    return [text[start:start + 65536] for start in range(0, len(text) - 65536, 65536)]
+
+
+def test_ordinary_source_text_is_compressed_to_under_half():
+    chunks = _source_chunks()
+    assert len(chunks) >= 20
+    codings = [_coding(chunk) for chunk in chunks]
+    assert codings.count("level1") >= 0.9 * len(chunks), codings  # judged on a sample of each
+    written = sum(len(writer.compress_chunk(chunk, writer.worth_compressing(chunk))) for chunk in chunks)
+    assert written < 0.5 * sum(map(len, chunks))
+
+
+def test_a_chunk_that_would_inflate_past_the_limit_is_not_read():
+    from bastion.recorder import container, reader
+
+    bomb = zlib_ng.compress(b"\n" * (container.MAX_DECOMPRESSED + 1), 9)
+    assert len(bomb) < container.MAX_DECOMPRESSED // 100
+    assert reader._chunk_lines(bomb) is None
+    fits = zlib_ng.compress(b"[0.5, \"o\", \"x\"]\n" * 10, 1)
+    assert reader._chunk_lines(fits) == ['[0.5, "o", "x"]'] * 10
 
 
 def test_text_that_barely_compresses_is_stored_not_worked_on():
