@@ -18,6 +18,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,9 +47,12 @@ class Mode:
     # The asciinema jump host moves about 10 MiB/s: three 256 MiB runs of it alone took 85 of the
     # quick mode's 240 s. It is there to be beaten, not matched, so quick mode times it once.
     home_jump_runs: int
+    # Bulk `cat` of source text (compresses, unlike the base64 file) direct and through the gateway.
+    text_runs: int
 
 
-MODES = {"quick": Mode(256 << 20, 3, 500, 8, 200, 10.0, 1), "full": Mode(1 << 30, 5, 2000, 20, 1000, 30.0, 3)}
+MODES = {"quick": Mode(256 << 20, 3, 500, 8, 200, 10.0, 1, 1),
+         "full": Mode(1 << 30, 5, 2000, 20, 1000, 30.0, 3, 3)}
 REPLAY_MEGABYTES = {"quick": 10, "full": 100}
 
 
@@ -73,6 +77,19 @@ POST_SESSION_JOBS = ("bastion.recorder.keyframes_job", "bastion.search.job")
 SETTLE_TIMEOUT = 300.0
 SETTLE_WINDOW = 0.5
 QUIET_CPU = 0.05  # of a core
+
+
+def write_source_text(path: Path, size: int) -> None:
+    """`size` bytes of this Python's standard library sources, repeated: text with some non-ASCII that
+    zlib shrinks to about a third (as logs and listings do; the base64 file barely shrinks)."""
+    sources = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    text = b"".join(source.read_bytes() for source in sources)
+    with open(path, "wb") as out:
+        left = size
+        while left > 0:
+            out.write(text[:left])
+            left -= min(left, len(text))
+    os.chmod(path, 0o644)
 
 
 def post_session_jobs(root: int) -> list[int]:
@@ -247,7 +264,11 @@ def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None
         f"| post-session jobs after a recorded {mode.bulk_bytes >> 20} MiB `cat`, s (median) | "
         f"{recording['settle']:.1f} | |",
         f"| bulk `scp` right after a recorded `cat` (its post-session jobs held back), MiB/s | "
-        f"{recording['scp_after']:.1f} | {results['bastion']['scp']:.1f} once they are done |", "",
+        f"{recording['scp_after']:.1f} | {results['bastion']['scp']:.1f} once they are done |",
+        f"| bulk `cat` of source text (compresses to about a third), MiB/s: direct / bastion | "
+        f"{recording['text_direct']:.1f} / {recording['text_bastion']:.1f} | "
+        f"{recording['text_bastion'] / recording['text_direct']:.2f}x |",
+        f"| post-session jobs after that recorded `cat` of text, s (median) | {recording['text_settle']:.1f} | |", "",
         f"Concurrency (`python -m bench.concurrency --sessions {mode.sessions} --seconds {mode.session_seconds:g}`): "
         f"{mode.sessions} interactive sessions through the gateway (recording on) to a light asyncssh echo "
         "server in a process of its own (bench/echo_target.py), each typing 5 keys a second; the asyncssh "
@@ -368,8 +389,23 @@ def main() -> int:
             bulk_cat(on_peer, bulk_file, mode.bulk_bytes)
             scps_after.append(bulk_scp(on_peer, peers[-1][1], bulk_file, mode.bulk_bytes, work))
         scp_after = statistics.median(scps_after)
+        # Output that compresses: the sealer compresses it (bulk base64 is stored), and the keyframes job
+        # has tabs and non-ASCII to follow.
+        text_file = work / "text.txt"
+        write_source_text(text_file, mode.bulk_bytes)
+        print(f"[text] cat {mode.bulk_bytes >> 20} MiB of source text x {mode.text_runs}, direct and bastion",
+              flush=True)
+        text_direct, text_bastion, text_settled = [], [], []
+        for _ in range(mode.text_runs):
+            settle(gateways)
+            text_direct.append(bulk_cat(peers[0][0], text_file, mode.bulk_bytes))
+            settle(gateways)
+            text_bastion.append(bulk_cat(on_peer, text_file, mode.bulk_bytes))
+            text_settled.append(settle(gateways))
         recording = {"on": statistics.median(on_runs), "off": statistics.median(off_runs),
-                     "settle": statistics.median(settled), "scp_after": scp_after}
+                     "settle": statistics.median(settled), "scp_after": scp_after,
+                     "text_direct": statistics.median(text_direct), "text_bastion": statistics.median(text_bastion),
+                     "text_settle": statistics.median(text_settled)}
     finally:
         for daemon in reversed(started):
             daemon.stop()
