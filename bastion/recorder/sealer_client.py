@@ -41,8 +41,6 @@ class _Channel(asyncio.Protocol):
         self._buffer = bytearray()
 
     def data_received(self, data: bytes) -> None:
-        if self._generation != self._client._generation:
-            return  # a sealer already given up on: what it still says is not for its successor
         self._buffer += data
         while len(self._buffer) >= LENGTH.size:
             (size,) = LENGTH.unpack_from(self._buffer)

@@ -95,7 +95,6 @@ def test_the_sealer_maps_the_ring_read_only(ring):
     reader = reader_of(ring)
     with pytest.raises(TypeError):
         reader._map[0:1] = b"x"
-    reader.close()
 
 
 @pytest.mark.parametrize("reference", [(4090, 7), (-1, 3), (0, -1), (4097, 0), (1,), (0, 1, 2), ("0", 1),

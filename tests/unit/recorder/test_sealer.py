@@ -212,9 +212,13 @@ async def test_a_sealer_given_up_on_cannot_break_its_successor_when_its_socket_c
     for _ in range(4):  # text goes through the socket: more than its buffers hold stays in the gateway
         rec._writer.append([(0.0, "i", "x" * (4 << 20))]).add_done_callback(lambda job: job.exception())
     assert process._transport.get_write_buffer_size() > 0
+    old_channel, lost = process._transport.get_protocol(), asyncio.Event()
+    connection_lost = old_channel.connection_lost
+    old_channel.connection_lost = lambda exc: (connection_lost(exc), lost.set())
     process._broken("malformed reply")  # given up on; the socket stays open until its bytes are gone
+    assert not lost.is_set()
     again = await env.open(store)  # starting the successor kills it: only now is its socket lost
-    await asyncio.sleep(0.5)
+    await asyncio.wait_for(lost.wait(), 30)
     assert process.running and process._ring is not None, "the old sealer's close broke its successor"
     again.output(b"the next session is recorded")
     await again.close("exited")
