@@ -375,3 +375,55 @@ async def test_bulk_data_arrives_whole_and_the_receive_buffer_stays_within_a_ste
     # Reads of up to 256 KiB came in (asyncio's limit); the parser held at most a step and what was left
     # of a packet (under 32 KiB of data and its framing) before it.
     assert 0 < largest[0] < asyncssh_fastpath.RECEIVE_STEP + 40 * 1024, largest[0]
+
+
+# --- window credit while a channel is paused --------------------------------------------------
+
+WINDOW = 1 << 20
+SENT = 24 << 20
+
+
+async def _send_fast(process) -> None:
+    block = os.urandom(256 * 1024)
+    for _ in range(SENT // len(block)):
+        process.stdout.write(block)
+        await process.stdout.drain()
+    process.exit(0)
+
+
+class _Stuttering(asyncssh.SSHClientSession):
+    """Pauses its channel after each piece and resumes it a moment later, as the bridge does under load;
+    notes the most the channel held undelivered."""
+
+    def __init__(self):
+        self.received = 0
+        self.most_held = 0
+        self.chan = None
+
+    def connection_made(self, chan) -> None:
+        self.chan = chan
+
+    def data_received(self, data, datatype) -> None:
+        self.received += len(data)
+        self.most_held = max(self.most_held, sum(len(piece) for piece, _ in self.chan._recv_buf))
+        self.chan.pause_reading()
+        asyncio.get_running_loop().call_later(0.0005, self.chan.resume_reading)
+
+
+async def test_a_paused_channel_holds_no_more_than_its_window():
+    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                   server_factory=lambda: _NoAuth(asyncio.Event(), asyncio.Event()),
+                                   process_factory=_send_fast, encoding=None)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u", agent_path=None,
+                                    client_keys=None, config=None) as client:
+            chan, session = await client.create_session(_Stuttering, "x", encoding=None, window=WINDOW)
+            await asyncio.wait_for(chan.wait_closed(), 120)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert session.received == SENT
+    # asyncssh credited held bytes back to the sender at each resume: the buffer grew by up to a window
+    # each time (to tens of MiB here); credited only once delivered, it stays within the window.
+    assert 0 < session.most_held <= WINDOW, session.most_held
