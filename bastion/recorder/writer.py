@@ -33,6 +33,9 @@ COMPRESS_LEVEL = 1
 # runs 50x faster. A small sample decides per job; both are plain zlib streams.
 COMPRESS_SAMPLE = 2048
 REPETITIVE = 0.5
+# Up to this much is compressed without a sample: zlib-ng's level 1 takes 2 µs on a few hundred bytes
+# (whatever they are), the sample's zlib set-up alone 48 µs; typing makes a small job a second per session.
+SMALL_CHUNK = 1024
 # A single huge read becomes several events at the same instant, so no line (and so no chunk)
 # grows without bound; asciicast players just concatenate them.
 MAX_EVENT_BYTES = 64 * 1024
@@ -180,8 +183,10 @@ def worth_compressing(data: bytes) -> bool:
 
     zlib, not zlib-ng: zlib-ng's level 1 codes with fixed Huffman tables only, which on a 2 KiB sample
     of source text or JSON scores 0.54-0.59 where zlib scores 0.36-0.47, so against the same threshold
-    most text was stored. The sample costs about 20 µs a job.
+    most text was stored. The sample costs 20-50 µs a job, so a small chunk is compressed untested.
     """
+    if len(data) <= SMALL_CHUNK:
+        return True
     sample = data[:COMPRESS_SAMPLE]
     return len(zlib.compress(sample, COMPRESS_LEVEL)) / max(1, len(sample)) < REPETITIVE
 

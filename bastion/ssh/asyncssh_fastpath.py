@@ -66,8 +66,6 @@ TIMER_RESOLUTION = 0.001
 RECEIVE_STEP = 64 * 1024
 
 _installed = False
-# Bytes a paused channel holds that its session has not been given yet (set on the channel).
-HELD = "_bastion_held"
 
 
 def feed_in_steps(parse: Callable[[Any, Any], None], connection: Any, data: bytes) -> None:
@@ -92,7 +90,7 @@ def install() -> None:
     original_callback = SSHConnection._keepalive_timer_callback
     original_send_packet = SSHConnection.send_packet
     original_data_received = SSHConnection.data_received
-    original_accept_data = SSHChannel._accept_data
+    original_flush_recv_buf = SSHChannel._flush_recv_buf
     original_deliver_data = SSHChannel._deliver_data
 
     def log_packet(self, msg, pkttype, pktid, packet, note) -> None:
@@ -125,19 +123,22 @@ def install() -> None:
     def data_received(self, data, datatype=None) -> None:
         feed_in_steps(original_data_received, self, data)
 
-    def accept_data(self, data, datatype=None) -> None:
-        waiting = len(self._recv_buf)
-        original_accept_data(self, data, datatype)
-        if len(self._recv_buf) > waiting:  # paused: kept for later
-            setattr(self, HELD, getattr(self, HELD, 0) + len(data))
+    def flush_recv_buf(self, exc=None) -> None:
+        # What a paused channel kept goes to the session now, oldest first, and nothing new arrives
+        # meanwhile (this runs to its end or to the next pause); outside a flush nothing is held.
+        self._bastion_held = sum(len(data) for data, _ in self._recv_buf)
+        try:
+            original_flush_recv_buf(self, exc)
+        finally:
+            self._bastion_held = 0
 
     def deliver_data(self, data, datatype) -> None:
-        held = getattr(self, HELD, 0)
-        if held:
-            # Only a paused channel holds bytes, and it gives them to the session oldest first before
-            # anything new (asyncssh's _flush_recv_buf), so while some are held this is one of them.
-            held -= len(data)
-            setattr(self, HELD, held)
+        held = self._bastion_held
+        if not held:  # nothing kept back: asyncssh's own rule is this one
+            original_deliver_data(self, data, datatype)
+            return
+        held -= len(data)  # this piece was one of them
+        self._bastion_held = held
         window, full = self._recv_window, self._init_recv_window
         delivered = full - window - held  # received, given to the session (this piece too), not credited
         if delivered > full / 2:
@@ -151,7 +152,8 @@ def install() -> None:
         finally:
             self._recv_window = window
 
-    SSHChannel._accept_data = accept_data
+    SSHChannel._bastion_held = 0  # bytes of the flush under way not yet given to the session
+    SSHChannel._flush_recv_buf = flush_recv_buf
     SSHChannel._deliver_data = deliver_data
     SSHPacketLogger._log_packet = log_packet
     SSHConnection.data_received = data_received

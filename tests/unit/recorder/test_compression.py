@@ -121,3 +121,17 @@ def test_a_job_is_judged_once_on_its_first_chunk(env, tmp_path):
     # A chunk per event line (each is past the 4 KiB target): the first job's three follow its
     # repetitive first chunk, the second job's its barely compressible one.
     assert _chunk_codings(path, env) == ["level1"] * 3 + ["stored"] * 3
+
+
+def test_a_small_chunk_is_compressed_without_a_sample(monkeypatch):
+    typed = b'[1.25, "o", "ls -la\\r\\n"]\n[1.5, "i", "q"]\n' * 20
+    assert len(typed) <= writer.SMALL_CHUNK
+
+    def no_sample(*_):
+        raise AssertionError("a small chunk was sampled")
+
+    monkeypatch.setattr(writer.zlib, "compress", no_sample)
+    assert writer.worth_compressing(typed) is True
+    assert zlib_ng.decompress(writer.compress_chunk(typed, True)) == typed
+    with pytest.raises(AssertionError):  # a larger one still is
+        writer.worth_compressing(typed * 4)

@@ -427,3 +427,4 @@ async def test_a_paused_channel_holds_no_more_than_its_window():
     # asyncssh credited held bytes back to the sender at each resume: the buffer grew by up to a window
     # each time (to tens of MiB here); credited only once delivered, it stays within the window.
     assert 0 < session.most_held <= WINDOW, session.most_held
+
