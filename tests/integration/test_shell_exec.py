@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import time
 
 import asyncssh
 import pytest
 
-from tests.support.clients import paramiko_client, read_until, ssh
+from tests.support.clients import COMMON, paramiko_client, read_until, ssh
 from tests.support.recordings import export_events, output_text, wait_for_sessions
 
 
@@ -187,3 +189,41 @@ def test_the_gateway_sends_no_ignore_packet_before_each_packet(testbed, cipher, 
     stdout, received = asyncio.run(_connection_packets_seen(testbed, login, cipher))
     assert stdout == b"1\n2\n3\n4\n5\n"
     assert (asyncssh.constants.MSG_IGNORE in received) is ignores_expected, received
+
+
+SLOW_READ_BYTES = 256 << 20
+SLOW_READ_BOUND = 64 << 20
+
+
+def test_a_slow_reader_of_bulk_output_keeps_gateway_memory_bounded(testbed, tmp_path):
+    """The target sends faster than the client reads: the gateway pauses the target's channel and resumes
+    it many times a second, and must hold no more than a window for it however often it does."""
+    if testbed.backend != "sqlite":
+        pytest.skip("the memory bound does not depend on the database: measured once, on SQLite")
+    from tests.support.memory import RssSampler, write_big_file
+
+    login = testbed.user("exec", key=True)
+    source = tmp_path / "bulk.bin"
+    write_big_file(source, SLOW_READ_BYTES)
+    os.chmod(tmp_path, 0o755)
+    received = 0
+    with RssSampler(testbed.gateway.process.pid) as rss:
+        client = subprocess.Popen(["ssh", "-p", str(testbed.port), *COMMON, *login.options(), "-T",
+                                   f"{login.name}:web01@127.0.0.1", "cat", str(source)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                  env=login.env(), start_new_session=True)
+        try:
+            assert client.stdout is not None
+            while piece := client.stdout.read1(64 * 1024):
+                received += len(piece)
+                time.sleep(0.0005)  # at most 128 MiB/s: slower than the target sends
+            assert client.wait(timeout=120) == 0
+        finally:
+            client.kill()
+            client.wait(timeout=10)
+    print(f"\nslow reader: gateway RSS {rss.baseline >> 20} MiB before, growth {rss.growth / (1 << 20):.1f} MiB "
+          f"over {rss.samples} samples")
+    assert received == SLOW_READ_BYTES
+    assert rss.samples > 10
+    # asyncssh credited the target with held bytes at each resume: the gateway grew by hundreds of MiB.
+    assert rss.growth < SLOW_READ_BOUND, f"gateway grew by {rss.growth >> 20} MiB"
