@@ -36,8 +36,11 @@ packets the gateway sends:
    buffered. The gateway pauses a target's channel many times a second under bulk output (slow client,
    recorder backlog), and a recorded 1 GiB `cat` grew one channel's buffer to 520 MB and the gateway's
    heap by 620 MB. Here the peer is credited only with bytes delivered to the session, as OpenSSH does
-   (and as Apache MINA sshd fixed the same fault, its pull request 292), when more than half the window
-   has been delivered and not yet credited: asyncssh's own rule when nothing is buffered.
+   (and as Apache MINA sshd fixed the same fault, its pull request 292). With nothing held, asyncssh's
+   own rule stands (credit once over half the window is used); while held bytes are handed over, each
+   eighth of the window delivered is credited at once, so the peer sends again behind the drain instead
+   of waiting for half of it (measured: a recorded 1 GiB `cat` at 281-293 MiB/s against 251-272 before
+   the fix, `scp` 326-372 against 325-361, alternating runs).
 
 All five patch asyncssh classes, so they hold for every asyncssh connection in the process (gateway
 front end, upstream connections, tests' servers); tests/unit/ssh/test_asyncssh_fastpath.py checks
@@ -61,6 +64,10 @@ _EMPTY = String(b"")  # the data of asyncssh's padding ignore packet
 # uvloop schedules in whole milliseconds and runs a delay that rounds to 0 at once, as a Handle
 # without when(); a re-arm closer than this would spin or leave such a Handle as the timer.
 TIMER_RESOLUTION = 0.001
+
+# While a paused channel hands over what it held, the peer is credited each time this share of the window
+# has been delivered (OpenSSH credits after three packets; asyncssh after half the window).
+DRAIN_CREDIT_SHARE = 8
 
 # Two data packets of the largest size OpenSSH sends (32 KiB of data plus framing) fit a step.
 RECEIVE_STEP = 64 * 1024
@@ -141,7 +148,7 @@ def install() -> None:
         self._bastion_held = held
         window, full = self._recv_window, self._init_recv_window
         delivered = full - window - held  # received, given to the session (this piece too), not credited
-        if delivered > full / 2:
+        if delivered > full / DRAIN_CREDIT_SHARE:
             self.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(delivered))
             window += delivered
         # asyncssh's own credit (of everything received, held bytes too) must not run: it sees a window
