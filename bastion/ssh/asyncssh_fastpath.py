@@ -35,12 +35,14 @@ packets the gateway sends:
    included, so each pause and resume lets the peer send another window on top of what is still
    buffered. The gateway pauses a target's channel many times a second under bulk output (slow client,
    recorder backlog), and a recorded 1 GiB `cat` grew one channel's buffer to 520 MB and the gateway's
-   heap by 620 MB. Here the peer is credited only with bytes delivered to the session, as OpenSSH does
-   (and as Apache MINA sshd fixed the same fault, its pull request 292). With nothing held, asyncssh's
-   own rule stands (credit once over half the window is used); while held bytes are handed over, each
-   eighth of the window delivered is credited at once, so the peer sends again behind the drain instead
-   of waiting for half of it (measured: a recorded 1 GiB `cat` at 281-293 MiB/s against 251-272 before
-   the fix, `scp` 326-372 against 325-361, alternating runs).
+   heap by 620 MB. Here bytes the channel keeps are never credited: the peer is credited with what was
+   received and is no longer kept, as OpenSSH counts it (and as Apache MINA sshd fixed the same fault,
+   its pull request 292). With nothing kept, asyncssh's own trigger stands (credit once over half the
+   window is used); while kept bytes are handed over, a credit goes as soon as an eighth of the window
+   is owed, so the peer sends again behind the drain instead of waiting for half of it (measured: a
+   recorded 1 GiB `cat` at 281-293 MiB/s against 251-272 before the fix, `scp` 326-372 against
+   325-361, alternating runs). The session gets kept bytes as asyncssh gives them (decoded for a text
+   channel), and may pause and resume the channel from its own callback.
 
 All five patch asyncssh classes, so they hold for every asyncssh connection in the process (gateway
 front end, upstream connections, tests' servers); tests/unit/ssh/test_asyncssh_fastpath.py checks
@@ -56,6 +58,7 @@ from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.logging import SSHLogger
+from asyncssh.misc import ProtocolError
 from asyncssh.packet import SSHPacketLogger, String, UInt32
 
 PACKET_LOG_LEVEL = 3  # asyncssh's debug level at which packets are logged (SSHLogger.packet)
@@ -131,35 +134,41 @@ def install() -> None:
         feed_in_steps(original_data_received, self, data)
 
     def flush_recv_buf(self, exc=None) -> None:
-        # What a paused channel kept goes to the session now, oldest first, and nothing new arrives
-        # meanwhile (this runs to its end or to the next pause); outside a flush nothing is held.
+        # What the channel kept while paused goes to the session, oldest first. Nothing new arrives
+        # meanwhile, but the session may pause and resume it from its callback: a flush within a flush.
+        self._bastion_flushes += 1
         self._bastion_held = sum(len(data) for data, _ in self._recv_buf)
         try:
             original_flush_recv_buf(self, exc)
         finally:
-            self._bastion_held = 0
+            self._bastion_flushes -= 1
+            self._bastion_held = sum(len(data) for data, _ in self._recv_buf) if self._bastion_flushes else 0
 
     def deliver_data(self, data, datatype) -> None:
-        held = self._bastion_held
-        if not held:  # nothing kept back: asyncssh's own rule is this one
+        if not self._bastion_held and not self._recv_buf:  # nothing kept: asyncssh's rule is this one
             original_deliver_data(self, data, datatype)
             return
-        held -= len(data)  # this piece was one of them
-        self._bastion_held = held
-        window, full = self._recv_window, self._init_recv_window
-        delivered = full - window - held  # received, given to the session (this piece too), not credited
+        if self._bastion_flushes:  # `data` is the oldest kept piece, just taken from the buffer
+            self._bastion_held -= len(data)
+            held = self._bastion_held
+        else:  # new data while bytes stay kept (a session that raised in a flush): rare
+            held = sum(len(kept) for kept, _ in self._recv_buf)
+        full = self._init_recv_window
+        delivered = full - self._recv_window - held  # received, not kept (this piece too), not credited
         if delivered > full / DRAIN_CREDIT_SHARE:
             self.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(delivered))
-            window += delivered
-        # asyncssh's own credit (of everything received, held bytes too) must not run: it sees a window
-        # that needs none while it hands `data` to the session, and the true one is put back after.
-        self._recv_window = full
-        try:
-            original_deliver_data(self, data, datatype)
-        finally:
-            self._recv_window = window
+            self._recv_window += delivered
+        # The rest of asyncssh's delivery, without its credit (of everything received, kept bytes too).
+        if self._encoding:
+            try:
+                data = self._decoder.decode(data)
+            except UnicodeDecodeError as exc:
+                raise ProtocolError(str(exc)) from None
+        if self._session is not None:
+            self._session.data_received(data, datatype)
 
-    SSHChannel._bastion_held = 0  # bytes of the flush under way not yet given to the session
+    SSHChannel._bastion_flushes = 0  # flushes of kept bytes under way (nested when resumed from a callback)
+    SSHChannel._bastion_held = 0  # kept bytes not yet given to the session, counted while a flush runs
     SSHChannel._flush_recv_buf = flush_recv_buf
     SSHChannel._deliver_data = deliver_data
     SSHPacketLogger._log_packet = log_packet

@@ -384,7 +384,8 @@ SENT = 24 << 20
 
 
 async def _send_fast(process) -> None:
-    block = os.urandom(256 * 1024)
+    # Text, so a channel that decodes (encoding="utf-8") gets the same bytes as characters.
+    block = os.urandom(192 * 1024).hex().encode()[:256 * 1024]
     for _ in range(SENT // len(block)):
         process.stdout.write(block)
         await process.stdout.drain()
@@ -410,15 +411,20 @@ class _Stuttering(asyncssh.SSHClientSession):
         asyncio.get_running_loop().call_later(0.0005, self.chan.resume_reading)
 
 
-async def test_a_paused_channel_holds_no_more_than_its_window():
-    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-                                   server_factory=lambda: _NoAuth(asyncio.Event(), asyncio.Event()),
-                                   process_factory=_send_fast, encoding=None)
+async def _fast_sender():
+    return await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                 server_factory=lambda: _NoAuth(asyncio.Event(), asyncio.Event()),
+                                 process_factory=_send_fast, encoding=None)
+
+
+@pytest.mark.parametrize("encoding", [None, "utf-8"])
+async def test_a_paused_channel_holds_no_more_than_its_window(encoding):
+    server = await _fast_sender()
     port = server.sockets[0].getsockname()[1]
     try:
         async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u", agent_path=None,
                                     client_keys=None, config=None) as client:
-            chan, session = await client.create_session(_Stuttering, "x", encoding=None, window=WINDOW)
+            chan, session = await client.create_session(_Stuttering, "x", encoding=encoding, window=WINDOW)
             await asyncio.wait_for(chan.wait_closed(), 120)
     finally:
         server.close()
@@ -428,3 +434,44 @@ async def test_a_paused_channel_holds_no_more_than_its_window():
     # each time (to tens of MiB here); credited only once delivered, it stays within the window.
     assert 0 < session.most_held <= WINDOW, session.most_held
 
+
+
+class _ResumedWithin(asyncssh.SSHClientSession):
+    """Starts paused; once resumed, its first piece pauses and resumes the channel from inside the
+    callback (a sink that drains at once), so the rest of the kept bytes go in a flush within a flush."""
+
+    def __init__(self):
+        self.received = 0
+        self.armed = False
+        self.chan = None
+
+    def connection_made(self, chan) -> None:
+        self.chan = chan
+        chan.pause_reading()
+
+    def data_received(self, data, datatype) -> None:
+        self.received += len(data)
+        if self.armed:
+            self.armed = False
+            self.chan.pause_reading()
+            self.chan.resume_reading()
+
+
+async def test_a_channel_resumed_from_its_own_callback_is_credited_and_finishes():
+    server = await _fast_sender()
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u", agent_path=None,
+                                    client_keys=None, config=None) as client:
+            chan, session = await client.create_session(_ResumedWithin, "x", encoding=None, window=WINDOW)
+            while sum(len(piece) for piece, _ in chan._recv_buf) < WINDOW:  # the sender has filled the window
+                await asyncio.sleep(0.01)
+            session.armed = True
+            chan.resume_reading()
+            # A stand-in window during the callback once hid the bytes the inner flush delivered: no credit
+            # was ever sent again and the transfer stopped after the first window.
+            await asyncio.wait_for(chan.wait_closed(), 30)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert session.received == SENT
