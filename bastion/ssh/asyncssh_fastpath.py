@@ -133,16 +133,31 @@ def install() -> None:
     def data_received(self, data, datatype=None) -> None:
         feed_in_steps(original_data_received, self, data)
 
+    def kept_bytes(self) -> int:
+        # Between flushes the buffer only grows at its end (or is replaced when the channel is discarded),
+        # so only what came after the last flush is summed: a flood of tiny packets costs no more per flush.
+        buffer, (counted, length, total) = self._recv_buf, self._bastion_counted
+        if counted is not buffer or len(buffer) < length:
+            length = total = 0
+        return total + sum(len(data) for data, _ in buffer[length:])
+
     def flush_recv_buf(self, exc=None) -> None:
         # What the channel kept while paused goes to the session, oldest first. Nothing new arrives
-        # meanwhile, but the session may pause and resume it from its callback: a flush within a flush.
+        # meanwhile, but the session may pause and resume it from its callback: a flush within this one
+        # goes on with this one's count (the same buffer, less the pieces already given).
+        buffer = self._recv_buf
         self._bastion_flushes += 1
-        self._bastion_held = sum(len(data) for data, _ in self._recv_buf)
+        if self._bastion_flushes == 1:
+            self._bastion_held = kept_bytes(self)
         try:
             original_flush_recv_buf(self, exc)
         finally:
             self._bastion_flushes -= 1
-            self._bastion_held = sum(len(data) for data, _ in self._recv_buf) if self._bastion_flushes else 0
+            if self._recv_buf is not buffer:  # discarded under us (the channel closed): count afresh
+                self._bastion_held = sum(len(data) for data, _ in self._recv_buf)
+            self._bastion_counted = (self._recv_buf, len(self._recv_buf), self._bastion_held)
+            if not self._bastion_flushes:
+                self._bastion_held = 0
 
     def deliver_data(self, data, datatype) -> None:
         if not self._bastion_held and not self._recv_buf:  # nothing kept: asyncssh's rule is this one
@@ -156,6 +171,8 @@ def install() -> None:
         full = self._init_recv_window
         delivered = full - self._recv_window - held  # received, not kept (this piece too), not credited
         if delivered > full / DRAIN_CREDIT_SHARE:
+            self.logger.debug2("Sending window adjust of %d bytes, new window %d (%d kept)",
+                               delivered, full - held, held)
             self.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(delivered))
             self._recv_window += delivered
         # The rest of asyncssh's delivery, without its credit (of everything received, kept bytes too).
@@ -169,6 +186,7 @@ def install() -> None:
 
     SSHChannel._bastion_flushes = 0  # flushes of kept bytes under way (nested when resumed from a callback)
     SSHChannel._bastion_held = 0  # kept bytes not yet given to the session, counted while a flush runs
+    SSHChannel._bastion_counted = (None, 0, 0)  # (buffer, its length, bytes kept) when the last flush ended
     SSHChannel._flush_recv_buf = flush_recv_buf
     SSHChannel._deliver_data = deliver_data
     SSHPacketLogger._log_packet = log_packet

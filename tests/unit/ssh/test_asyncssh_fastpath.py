@@ -15,8 +15,8 @@ import asyncssh
 import pytest
 import uvloop
 from asyncssh.connection import SSHConnection
-from asyncssh.constants import MSG_IGNORE
-from asyncssh.packet import SSHPacketLogger
+from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
+from asyncssh.packet import SSHPacketLogger, String
 
 from bastion.ssh import asyncssh_fastpath
 
@@ -475,3 +475,107 @@ async def test_a_channel_resumed_from_its_own_callback_is_credited_and_finishes(
         server.close()
         await server.wait_closed()
     assert session.received == SENT
+
+
+class _StubConnection:
+    """What an SSHChannel needs of its connection here; keeps the window credits the channel sends."""
+
+    logger = asyncssh.logging.logger
+
+    def __init__(self):
+        self.credits: list[int] = []
+
+    def add_channel(self, chan) -> int:
+        return 0
+
+    def remove_channel(self, number: int) -> None:
+        pass
+
+    def detach_x11_listener(self, chan) -> None:
+        pass
+
+    def send_packet(self, pkttype, payload, handler=None) -> None:
+        if pkttype == MSG_CHANNEL_WINDOW_ADJUST:
+            self.credits.append(int.from_bytes(payload[4:8], "big"))
+
+
+class _Wandering(asyncssh.SSHClientSession):
+    """Pauses, or pauses and resumes from within its callback (nested up to three deep), at random."""
+
+    def __init__(self, rng, check):
+        self.rng, self.check, self.chan = rng, check, None
+        self.got: list[bytes] = []
+        self.depth = 0
+        self.steady = False
+
+    def data_received(self, data, datatype) -> None:
+        self.got.append(data)
+        self.check()
+        if self.steady:
+            return
+        draw = self.rng.random()
+        if draw < 0.25:
+            self.chan.pause_reading()
+        elif draw < 0.4 and self.depth < 3:
+            self.depth += 1
+            self.chan.pause_reading()
+            self.chan.resume_reading()
+            self.depth -= 1
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_pauses_never_let_the_peer_past_the_window_nor_starve_it(seed):
+    import random
+
+    from asyncssh.channel import SSHChannel
+    from asyncssh.packet import SSHPacket
+
+    rng = random.Random(seed)
+    window = 64 * 1024
+    loop = asyncio.new_event_loop()
+    connection = _StubConnection()
+    chan = SSHChannel(connection, loop, None, "strict", window, 32768)
+    chan._send_chan, chan._send_state, chan._recv_state = 1, "open", "open"
+    peer = {"window": window, "credited": 0, "sent": []}
+
+    def absorb() -> None:
+        while peer["credited"] < len(connection.credits):
+            peer["window"] += connection.credits[peer["credited"]]
+            peer["credited"] += 1
+
+    def check() -> None:
+        absorb()
+        kept = sum(len(data) for data, _ in chan._recv_buf)
+        assert peer["window"] + kept <= window, (peer["window"], kept)
+
+    def send(size: int) -> None:
+        absorb()
+        size = min(size, peer["window"])
+        if size:
+            data = rng.randbytes(size)
+            peer["window"] -= size
+            peer["sent"].append(data)
+            chan._process_data(0, 0, SSHPacket(String(data)))
+
+    session = _Wandering(rng, check)
+    session.chan, chan._session, chan._recv_paused = chan, session, False
+    try:
+        for _ in range(300):
+            draw = rng.random()
+            if draw < 0.6:
+                send(rng.choice([16, 1000, 4096, 32768]))
+            elif draw < 0.8:
+                chan.pause_reading()
+            else:
+                chan.resume_reading()
+            check()
+        # The session stops pausing: whatever was kept is delivered and the peer can always go on.
+        session.steady = True
+        chan.resume_reading()
+        for _ in range(50):
+            absorb()
+            assert peer["window"] > 0, "the peer was starved"
+            send(32768)
+        assert b"".join(session.got) == b"".join(peer["sent"])  # everything, in order
+    finally:
+        loop.close()
