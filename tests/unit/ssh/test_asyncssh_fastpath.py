@@ -579,3 +579,124 @@ def test_random_pauses_never_let_the_peer_past_the_window_nor_starve_it(seed):
         assert b"".join(session.got) == b"".join(peer["sent"])  # everything, in order
     finally:
         loop.close()
+
+
+# --- the packets of one flush in one write --------------------------------------------------------
+
+class _RecordingTransport:
+    """Forwards to the real transport and notes each write call: ("write", 1) or ("writelines", n)."""
+
+    def __init__(self, transport):
+        self._transport = transport
+        self.calls: list[tuple[str, int]] = []
+
+    def write(self, data) -> None:
+        self.calls.append(("write", 1))
+        self._transport.write(data)
+
+    def writelines(self, pieces) -> None:
+        pieces = list(pieces)
+        self.calls.append(("writelines", len(pieces)))
+        self._transport.writelines(pieces)
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+class _Watched(asyncssh.SSHServer):
+    """Wraps its connection's transport once the connection is up."""
+
+    def __init__(self, seen: list):
+        self._seen = seen
+
+    def connection_made(self, conn) -> None:
+        conn._transport = _RecordingTransport(conn._transport)
+        self._seen.append(conn._transport)
+
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+
+BLOCK = os.urandom(2 << 20)
+
+
+async def _send_block(process) -> None:
+    process.stdout.write(BLOCK)
+    await process.stdout.drain()
+    process.exit(0)
+
+
+async def test_the_packets_one_flush_sends_go_in_one_write_in_order():
+    seen: list = []
+    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                   server_factory=lambda: _Watched(seen), process_factory=_send_block, encoding=None)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u", agent_path=None,
+                                    client_keys=None, config=None) as client:
+            # A 256 KiB window: each credit from the client lets the server send several packets at once.
+            result = await asyncio.wait_for(client.run("x", encoding=None, window=256 * 1024), 60)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.stdout == BLOCK and result.exit_status == 0
+    calls = seen[0].calls
+    assert max(count for kind, count in calls if kind == "writelines") >= 4, calls
+
+
+class _DisconnectingSession(asyncssh.SSHServerSession):
+    """Sends more than the window, and disconnects from inside a flush: when its send buffer drains
+    below the low mark (asyncssh calls resume_writing at the end of the flush that drained it)."""
+
+    def __init__(self, conn):
+        self.conn, self.chan = conn, None
+
+    def connection_made(self, chan) -> None:
+        self.chan = chan
+
+    def exec_requested(self, command: str) -> bool:
+        return True
+
+    def session_started(self) -> None:
+        self.chan.write(BLOCK)
+
+    def resume_writing(self) -> None:
+        self.conn.disconnect(asyncssh.DISC_SERVICE_NOT_AVAILABLE, "closing from within a flush")
+
+
+class _Disconnecting(asyncssh.SSHServer):
+    def connection_made(self, conn) -> None:
+        self.conn = conn
+
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def session_requested(self):
+        return _DisconnectingSession(self.conn)
+
+
+class _Lost(asyncssh.SSHClient):
+    def __init__(self):
+        self.reason: Exception | None = None
+
+    def connection_lost(self, exc) -> None:
+        self.reason = exc
+
+
+async def test_a_disconnect_sent_within_a_flush_still_reaches_the_peer():
+    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                   server_factory=_Disconnecting, encoding=None)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        conn, client = await asyncssh.create_connection(_Lost, "127.0.0.1", port, known_hosts=None, username="u",
+                                                        agent_path=None, client_keys=None, config=None)
+        result = await asyncio.wait_for(conn.run("x", encoding=None, window=256 * 1024, check=False), 60)
+        await asyncio.wait_for(conn.wait_closed(), 30)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.stdout == BLOCK
+    # The disconnect and its reason arrived: the packets held in the flush were written before asyncssh
+    # aborted the connection, as they would have been written one by one without the batching.
+    assert isinstance(client.reason, asyncssh.DisconnectError), client.reason
+    assert "closing from within a flush" in str(client.reason)
