@@ -435,7 +435,6 @@ async def test_a_paused_channel_holds_no_more_than_its_window(encoding):
     assert 0 < session.most_held <= WINDOW, session.most_held
 
 
-
 class _ResumedWithin(asyncssh.SSHClientSession):
     """Starts paused; once resumed, its first piece pauses and resumes the channel from inside the
     callback (a sink that drains at once), so the rest of the kept bytes go in a flush within a flush."""
