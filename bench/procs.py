@@ -35,3 +35,41 @@ def tree_cpu_seconds(root: int) -> float:
             continue
         total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def stop_strays(marker: str, grace: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after `grace` seconds, every process of ours whose command line holds `marker`
+    (a run's work folder); returns how many there were.
+
+    A session of the asciinema jump host can outlive its sshd: the client goes, `asciinema rec` keeps its
+    terminal, and once the sshd is stopped by PID nothing else would end it.
+    """
+    import signal
+    import time
+
+    def matching() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                        found.append(int(entry))
+                except OSError:
+                    pass  # gone meanwhile
+        return found
+
+    strays = matching()
+    for pid in strays:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while (left := matching()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(strays)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bastion.datadir import init_data_dir  # noqa: E402
 from bastion.localsshd import LocalSshd  # noqa: E402
 from bench.peers import Peer, start_recording_jump  # noqa: E402
-from bench.procs import descendants, tree_cpu_seconds  # noqa: E402
+from bench.procs import descendants, stop_strays, tree_cpu_seconds  # noqa: E402
 from tests.support.gateway import Directory, GatewayProcess  # noqa: E402
 
 
@@ -421,6 +421,9 @@ def main() -> int:
     finally:
         for daemon in reversed(started):
             daemon.stop()
+        stray = stop_strays(str(work))  # sessions of the asciinema jump host that outlived it
+        if stray:
+            print(f"stopped {stray} leftover process(es) of this run", flush=True)
         shutil.rmtree(work, ignore_errors=True)
     from bench import concurrency, replay_seek
 
