@@ -4,6 +4,7 @@ exactly when asyncssh's own timer would send them, without a new timer for every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -411,24 +412,26 @@ class _Stuttering(asyncssh.SSHClientSession):
         asyncio.get_running_loop().call_later(0.0005, self.chan.resume_reading)
 
 
-async def _fast_sender():
-    return await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-                                 server_factory=lambda: _NoAuth(asyncio.Event(), asyncio.Event()),
-                                 process_factory=_send_fast, encoding=None)
-
-
-@pytest.mark.parametrize("encoding", [None, "utf-8"])
-async def test_a_paused_channel_holds_no_more_than_its_window(encoding):
-    server = await _fast_sender()
+@contextlib.asynccontextmanager
+async def _from_fast_sender(session_factory, encoding=None):
+    """(channel, session) of a session with a WINDOW-byte window, opened to a server sending SENT bytes fast."""
+    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                   server_factory=lambda: _NoAuth(asyncio.Event(), asyncio.Event()),
+                                   process_factory=_send_fast, encoding=None)
     port = server.sockets[0].getsockname()[1]
     try:
         async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u", agent_path=None,
                                     client_keys=None, config=None) as client:
-            chan, session = await client.create_session(_Stuttering, "x", encoding=encoding, window=WINDOW)
-            await asyncio.wait_for(chan.wait_closed(), 120)
+            yield await client.create_session(session_factory, "x", encoding=encoding, window=WINDOW)
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("encoding", [None, "utf-8"])
+async def test_a_paused_channel_holds_no_more_than_its_window(encoding):
+    async with _from_fast_sender(_Stuttering, encoding) as (chan, session):
+        await asyncio.wait_for(chan.wait_closed(), 120)
     assert session.received == SENT
     # asyncssh credited held bytes back to the sender at each resume: the buffer grew by up to a window
     # each time (to tens of MiB here); credited only once delivered, it stays within the window.
@@ -457,22 +460,14 @@ class _ResumedWithin(asyncssh.SSHClientSession):
 
 
 async def test_a_channel_resumed_from_its_own_callback_is_credited_and_finishes():
-    server = await _fast_sender()
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u", agent_path=None,
-                                    client_keys=None, config=None) as client:
-            chan, session = await client.create_session(_ResumedWithin, "x", encoding=None, window=WINDOW)
-            while sum(len(piece) for piece, _ in chan._recv_buf) < WINDOW:  # the sender has filled the window
-                await asyncio.sleep(0.01)
-            session.armed = True
-            chan.resume_reading()
-            # A stand-in window during the callback once hid the bytes the inner flush delivered: no credit
-            # was ever sent again and the transfer stopped after the first window.
-            await asyncio.wait_for(chan.wait_closed(), 30)
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with _from_fast_sender(_ResumedWithin) as (chan, session):
+        while sum(len(piece) for piece, _ in chan._recv_buf) < WINDOW:  # the sender has filled the window
+            await asyncio.sleep(0.01)
+        session.armed = True
+        chan.resume_reading()
+        # A stand-in window during the callback once hid the bytes the inner flush delivered: no credit
+        # was ever sent again and the transfer stopped after the first window.
+        await asyncio.wait_for(chan.wait_closed(), 30)
     assert session.received == SENT
 
 
