@@ -135,3 +135,15 @@ def test_a_small_chunk_is_compressed_without_a_sample(monkeypatch):
     assert zlib_ng.decompress(writer.compress_chunk(typed, True)) == typed
     with pytest.raises(AssertionError):  # a larger one still is
         writer.worth_compressing(typed * 4)
+
+
+def test_a_stored_chunk_names_a_small_window_so_storing_skips_the_compressors_set_up():
+    """Storing needs no history; the default window's set-up cost a stored chunk more than the storing did."""
+    data = os.urandom(64 * 1024)
+    out = writer.compress_chunk(data, False)
+    assert out[0] & 0x0F == 8 and out[0] >> 4 <= 1  # deflate, with a window of at most 512 bytes
+    assert _block_types(out) == {0}
+    inflater = zlib.decompressobj()  # an inflater set up for the default window reads it
+    assert inflater.decompress(out) == data and inflater.eof
+    compressed = writer.compress_chunk(data, True)
+    assert compressed[0] >> 4 == 7  # compressing keeps the full 32 KiB window
