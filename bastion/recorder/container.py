@@ -227,6 +227,16 @@ def encode_chunk_payload(seq: int, prev_hash: bytes, nonce: bytes, ciphertext: b
     return _CHUNK_HEAD.pack(seq, prev_hash, nonce) + ciphertext
 
 
+def chunk_record(seq: int, prev_hash: bytes, nonce: bytes, ciphertext: bytes) -> tuple[list[bytes], bytes]:
+    """A framed chunk record as pieces to write in order, and its hash: the same bytes and hash as
+    `frame(CHUNK, encode_chunk_payload(...))` and `record_hash`, without copying the ciphertext twice."""
+    head = _CHUNK_HEAD.pack(seq, prev_hash, nonce)
+    digest = hashlib.sha256(CHUNK)
+    digest.update(head)
+    digest.update(ciphertext)
+    return [_U32.pack(1 + len(head) + len(ciphertext)) + CHUNK + head, ciphertext], digest.digest()
+
+
 def parse_chunk(payload: bytes) -> ChunkFields:
     if len(payload) < MIN_CHUNK_PAYLOAD:
         raise ContainerError(f"chunk is {len(payload)} bytes, shorter than any valid chunk")

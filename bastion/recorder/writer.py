@@ -45,6 +45,8 @@ SMALL_CHUNK = 1024
 # grows without bound; asciicast players just concatenate them.
 MAX_EVENT_BYTES = 64 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# Pieces per writev(2) call (the kernel refuses more than IOV_MAX in one).
+IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 # How far back each write asks the kernel to drop pages already written back (see _release_page_cache).
 RECENT_BYTES = 32 * 1024 * 1024
 
@@ -254,13 +256,13 @@ class ChunkWriter:
             self._group_sync.check(self._sync_failures_seen)
             records, seq, prev_hash = self._seal(self._lines(events), final=False)
             if records:
-                self._write(records, self._group_sync.after_write)
+                written = self._write(records, self._group_sync.after_write)
         except BaseException:
             self._failed = True
             raise
         if records:
             start = self._size
-            self._seq, self._prev_hash, self._size = seq, prev_hash, self._size + len(records)
+            self._seq, self._prev_hash, self._size = seq, prev_hash, self._size + written
             self._release_page_cache(start)
         return self.state
 
@@ -274,12 +276,12 @@ class ChunkWriter:
                 if tail:
                     lines.append(_line(duration, code, tail))
             records, seq, prev_hash = self._seal(iter(lines), final=True)
-            records += self._manifest(seq, prev_hash, duration, "sealed", end_reason, closed_at)
-            self._write(records, os.fsync)
+            records.append(self._manifest(seq, prev_hash, duration, "sealed", end_reason, closed_at))
+            written = self._write(records, os.fsync)
         except BaseException:
             self._failed = True
             raise
-        self._seq, self._prev_hash, self._size = seq, prev_hash, self._size + len(records)
+        self._seq, self._prev_hash, self._size = seq, prev_hash, self._size + written
         try:
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)  # all on disk now
         except OSError:
@@ -297,7 +299,7 @@ class ChunkWriter:
             os.lseek(self._fd, self._size, os.SEEK_SET)
             manifest = self._manifest(self._seq, self._prev_hash, duration, "failed", end_reason, closed_at)
             try:
-                self._write(manifest, os.fsync)
+                self._write([manifest], os.fsync)
                 self._size += len(manifest)
             except OSError:
                 os.ftruncate(self._fd, self._size)  # leave no partial record behind
@@ -363,8 +365,8 @@ class ChunkWriter:
                 if text:
                     yield _line(time, code, text)
 
-    def _seal(self, lines: Iterator[bytes], *, final: bool) -> tuple[bytes, int, bytes]:
-        """Chunks for `lines` as framed records, with the chain state after them."""
+    def _seal(self, lines: Iterator[bytes], *, final: bool) -> tuple[list[bytes], int, bytes]:
+        """Chunks for `lines` as framed records (pieces to write in order), with the chain state after them."""
         seq, prev_hash = self._seq, self._prev_hash
         records: list[bytes] = []
         buffer: list[bytes] = [self._header] if seq == 0 else []
@@ -382,9 +384,9 @@ class ChunkWriter:
             nonce = os.urandom(container.NONCE_SIZE)
             ciphertext = self._aead.encrypt(nonce, compressed,
                                             container.chunk_aad(self._session_id, seq, prev_hash))
-            payload = container.encode_chunk_payload(seq, prev_hash, nonce, ciphertext)
-            records.append(container.frame(container.CHUNK, payload))
-            seq, prev_hash = seq + 1, container.record_hash(container.CHUNK, payload)
+            pieces, record_hash = container.chunk_record(seq, prev_hash, nonce, ciphertext)
+            records.extend(pieces)
+            seq, prev_hash = seq + 1, record_hash
             buffer.clear()
             size, has_events = 0, False
 
@@ -397,7 +399,7 @@ class ChunkWriter:
         # On finish a recording with no events still gets chunk 0, so the header is kept.
         if has_events or (final and seq == 0):
             seal()
-        return b"".join(records), seq, prev_hash
+        return records, seq, prev_hash
 
     def _manifest(self, chunks: int, last_hash: bytes, duration: float, status: str,
                   end_reason: str, closed_at: str) -> bytes:
@@ -409,13 +411,21 @@ class ChunkWriter:
         signature = self._node_key.sign(body)
         return container.frame(container.MANIFEST, container.encode_manifest_payload(body, signature))
 
-    def _write(self, data: bytes, sync) -> None:
+    def _write(self, pieces: list[bytes], sync) -> int:
+        """Write `pieces` in order (gathered: a job's records are never joined into one copy), then `sync`;
+        returns the bytes written."""
         if self._fd < 0:
             raise OSError(errno.EBADF, "recording file is closed")
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
+        views = [memoryview(piece) for piece in pieces if piece]
+        total, first = sum(map(len, views)), 0
+        while first < len(views):
+            written = os.writev(self._fd, views[first:first + IOV_MAX])
             if written <= 0:
                 raise OSError(errno.ENOSPC, "short write")
-            view = view[written:]
+            while first < len(views) and written >= len(views[first]):  # the pieces written whole
+                written -= len(views[first])
+                first += 1
+            if written:
+                views[first] = views[first][written:]  # a short write ended inside this piece
         sync(self._fd)
+        return total

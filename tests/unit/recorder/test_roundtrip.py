@@ -157,3 +157,41 @@ async def test_export_to_an_unwritable_place_is_a_clear_error(env, tmp_path):
     with pytest.raises(RecordingError, match="export cannot be written"):
         export_cast(rec.path, tmp_path / "a-dir", env.vault, env.public_key)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_a_chunk_record_in_pieces_is_the_framed_record_and_its_hash():
+    nonce, prev_hash, ciphertext = os.urandom(container.NONCE_SIZE), os.urandom(32), os.urandom(5000)
+    pieces, digest = container.chunk_record(7, prev_hash, nonce, ciphertext)
+    payload = container.encode_chunk_payload(7, prev_hash, nonce, ciphertext)
+    assert b"".join(pieces) == container.frame(container.CHUNK, payload)
+    assert digest == container.record_hash(container.CHUNK, payload)
+    assert pieces[-1] is ciphertext  # written as it is, not copied into the record
+
+
+def test_short_writes_resume_where_they_stopped(env, tmp_path, monkeypatch):
+    """Storage that takes a few bytes per call, across records and more pieces than one call may carry."""
+    from bastion.recorder import writer
+
+    from .containerfile import open_in_sealer
+
+    real_writev, calls = os.writev, []
+
+    def a_little_at_a_time(fd, buffers):
+        calls.append(len(buffers))
+        return real_writev(fd, [bytes(buffers[0])[:777]])
+
+    monkeypatch.setattr(writer, "IOV_MAX", 3)
+    monkeypatch.setattr(writer.os, "writev", a_little_at_a_time)
+    path = tmp_path / "s.bcast"
+    sealer = open_in_sealer(env, path, 4096)
+    sent = [base64.b64encode(os.urandom(3000 + 97 * n)) + b"\r\n" for n in range(12)]
+    sealer.handle("append", "r", ([(0.1 * n, "o", data) for n, data in enumerate(sent[:6])], 1.0))
+    sealer.handle("append", "r", ([(1.0 + 0.1 * n, "o", data) for n, data in enumerate(sent[6:])], 2.0))
+    sealer.handle("finish", "r", ([], 2.5, "exited", "now"))
+    assert len(calls) > len(sent) and max(calls) == 3  # many short writes, never more than IOV_MAX pieces
+
+    report = verify(path, env.public_key)
+    assert report.ok and report.status == "sealed" and report.chunks >= 10, report
+    out = tmp_path / "out.cast"
+    assert export_cast(path, out, env.vault, env.public_key).ok
+    assert output_text(read_cast(out)[1]) == b"".join(sent).decode()
