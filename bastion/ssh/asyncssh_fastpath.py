@@ -1,4 +1,4 @@
-"""Five per-packet costs in asyncssh that buy the gateway nothing, removed, and its channel window mended.
+"""Per-packet costs in asyncssh that buy the gateway nothing, removed, and its channel window mended.
 
 Profiled on the gateway with 1,000 interactive sessions (py-spy, 2 cores), the first two were 4.7%
 and 4.2% of the gateway's CPU for work whose result is thrown away, and the third doubled the
@@ -55,7 +55,18 @@ packets the gateway sends:
    spends 10% less CPU per MiB reading fewer, larger pieces; `cat` and 1,000 interactive sessions
    unchanged within their spread, alternating runs).
 
-All six patch asyncssh classes, so they hold for every asyncssh connection in the process (gateway
+7. Per-packet set-up and copies in AES-GCM. asyncssh builds a new AESGCM object (its key schedule) for
+   every packet, works out the next nonce by slicing and re-joining the IV as bytes, and copies each
+   packet's bytes twice more than the cipher needs: on sending it cuts the tag off the ciphertext and
+   the connection joins it on again; on receiving it joins the body to its first block and then to
+   its tag. Here each direction keeps one AESGCM object for its keys (a rekey makes a new cipher, as
+   before) and its invocation counter as an integer (RFC 5647: the nonce is the fixed field and the
+   counter, which wraps at 2**64 as asyncssh's does), a packet goes out as header + ciphertext + tag
+   from one concatenation, and a received one is joined once. The bytes on the wire are the same.
+   During a recorded bulk `cat` the C library's copying was 16% of the event loop's time and asyncssh's
+   IV arithmetic 2.4% (py-spy, the host of 2026-12-07).
+
+All seven patch asyncssh classes, so they hold for every asyncssh connection in the process (gateway
 front end, upstream connections, tests' servers); tests/unit/ssh/test_asyncssh_fastpath.py checks
 each against asyncssh's rules, the keepalive also on uvloop (the gateway's loop).
 """
@@ -64,7 +75,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from asyncssh.channel import SSHChannel
+from asyncssh.crypto.cipher import GCMCipher
 from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
@@ -83,10 +98,21 @@ TIMER_RESOLUTION = 0.001
 # has been delivered (OpenSSH credits after three packets; asyncssh after half the window).
 DRAIN_CREDIT_SHARE = 8
 
+_GCM_TAG = 16  # bytes of AES-GCM's tag on an SSH packet (RFC 5647)
+
 # Two data packets of the largest size OpenSSH sends (32 KiB of data plus framing) fit a step.
 RECEIVE_STEP = 64 * 1024
 
+_INVOCATION_MASK = (1 << 64) - 1  # RFC 5647's invocation counter: 64 bits, wrapping
+
 _installed = False
+
+
+def _next_nonce(cipher: Any) -> bytes:
+    """The nonce for `cipher`'s next packet, moving its invocation counter on."""
+    invocation = cipher._bastion_invocation
+    cipher._bastion_invocation = (invocation + 1) & _INVOCATION_MASK
+    return cipher._bastion_fixed + invocation.to_bytes(8, "big")
 
 
 def feed_in_steps(parse: Callable[[Any, Any], None], connection: Any, data: bytes) -> None:
@@ -115,6 +141,7 @@ def install() -> None:
     original_flush_send_buf = SSHChannel._flush_send_buf
     original_send = SSHConnection._send
     original_deliver_data = SSHChannel._deliver_data
+    original_gcm_init = GCMCipher.__init__
 
     def log_packet(self, msg, pkttype, pktid, packet, note) -> None:
         if SSHLogger._debug_level >= PACKET_LOG_LEVEL:
@@ -225,6 +252,39 @@ def install() -> None:
                 except ConnectionError:
                     pass
 
+    def gcm_init(self, cipher_name, key, iv) -> None:
+        original_gcm_init(self, cipher_name, key, iv)
+        self._bastion_aead = AESGCM(key)  # asyncssh's GCMCipher serves AES-GCM only, with AESGCM
+        self._bastion_fixed, self._bastion_invocation = iv[:4], int.from_bytes(iv[4:], "big")
+
+    def gcm_encrypt_and_sign(self, header, data):
+        sealed = self._bastion_aead.encrypt(_next_nonce(self), data, header)
+        return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
+
+    def gcm_verify_and_decrypt(self, header, data, mac):
+        try:
+            return self._bastion_aead.decrypt(_next_nonce(self), data + mac, header)
+        except InvalidTag:
+            return None
+
+    def gcm_encrypt_packet(self, seq, header, packet):
+        # The tag stays on the ciphertext: the connection sends packet + mac, and b"" adds no copy.
+        cipher = self._cipher
+        return header + cipher._bastion_aead.encrypt(_next_nonce(cipher), packet, header), b""
+
+    def gcm_decrypt_packet(self, seq, first, rest, header_len, mac):
+        cipher = self._cipher
+        try:
+            return cipher._bastion_aead.decrypt(_next_nonce(cipher), b"".join((first[header_len:], rest, mac)),
+                                                first[:header_len])
+        except InvalidTag:
+            return None
+
+    GCMCipher.__init__ = gcm_init
+    GCMCipher.encrypt_and_sign = gcm_encrypt_and_sign  # kept in step with the counter, for any other caller
+    GCMCipher.verify_and_decrypt = gcm_verify_and_decrypt
+    GCMEncryption.encrypt_packet = gcm_encrypt_packet
+    GCMEncryption.decrypt_packet = gcm_decrypt_packet
     SSHConnection._bastion_corked = None  # packets held while a channel flushes (a list), or None
     SSHConnection._send = send
     SSHChannel._flush_send_buf = flush_send_buf

@@ -694,3 +694,61 @@ async def test_a_disconnect_sent_within_a_flush_still_reaches_the_peer():
     # aborted the connection, as they would have been written one by one without the batching.
     assert isinstance(client.reason, asyncssh.DisconnectError), client.reason
     assert "closing from within a flush" in str(client.reason)
+
+
+# --- AES-GCM: one key schedule per direction, fewer copies, the same bytes on the wire ----------------
+
+def _rfc5647_wire(key: bytes, fixed: bytes, invocation: int, header: bytes, packet: bytes) -> bytes:
+    """What RFC 5647 puts on the wire for one packet: length header, then ciphertext and tag."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return header + AESGCM(key).encrypt(fixed + invocation.to_bytes(8, "big"), packet, header)
+
+
+@pytest.mark.parametrize("cipher_name, key_size", [("aes128-gcm", 16), ("aes256-gcm", 32)])
+def test_gcm_packets_are_the_bytes_rfc_5647_puts_on_the_wire_and_read_back(cipher_name, key_size):
+    from asyncssh.encryption import GCMEncryption
+
+    key, fixed = os.urandom(key_size), os.urandom(4)
+    start = (1 << 64) - 2  # the invocation counter wraps within these packets, as asyncssh's does
+    sender = GCMEncryption.new(cipher_name, key, fixed + start.to_bytes(8, "big"))
+    receiver = GCMEncryption.new(cipher_name, key, fixed + start.to_bytes(8, "big"))
+    for number, size in enumerate([12, 32 * 1024 + 12, 60, 1020]):
+        packet = os.urandom(size)
+        header = len(packet).to_bytes(4, "big")
+        encrypted, mac = sender.encrypt_packet(number, header, packet)
+        wire = encrypted + mac
+        assert wire == _rfc5647_wire(key, fixed, (start + number) % (1 << 64), header, packet)
+        assert receiver.decrypt_packet(number, wire[:16], wire[16:-16], 4, wire[-16:]) == packet
+
+
+def test_a_gcm_packet_altered_on_the_wire_is_refused():
+    from asyncssh.encryption import GCMEncryption
+
+    key, iv = os.urandom(16), os.urandom(12)
+    sender, receiver = GCMEncryption.new("aes128-gcm", key, iv), GCMEncryption.new("aes128-gcm", key, iv)
+    packet = os.urandom(100)
+    encrypted, mac = sender.encrypt_packet(0, (100).to_bytes(4, "big"), packet)
+    wire = bytearray(encrypted + mac)
+    wire[40] ^= 1
+    assert receiver.decrypt_packet(0, bytes(wire[:16]), bytes(wire[16:-16]), 4, bytes(wire[-16:])) is None
+
+
+def test_gcm_keys_are_scheduled_once_per_direction_not_per_packet(monkeypatch):
+    from asyncssh.crypto.cipher import GCMCipher
+    from asyncssh.encryption import GCMEncryption
+
+    built = []
+    real = asyncssh_fastpath.AESGCM
+    monkeypatch.setattr(asyncssh_fastpath, "AESGCM", lambda key: built.append(key) or real(key))
+    key, iv = os.urandom(16), os.urandom(12)
+    sender = GCMEncryption.new("aes128-gcm", key, iv)
+    # asyncssh's own cipher calls use the same key schedule and counter
+    cipher_out, cipher_in = GCMCipher("aes128-gcm", key, iv), GCMCipher("aes128-gcm", key, iv)
+    header = (64).to_bytes(4, "big")
+    for number in range(20):
+        sender.encrypt_packet(number, header, os.urandom(64))
+        body, tag = cipher_out.encrypt_and_sign(header, b"x" * 64)
+        assert body + tag == _rfc5647_wire(key, iv[:4], (int.from_bytes(iv[4:], "big") + number) % (1 << 64), header, b"x" * 64)
+        assert cipher_in.verify_and_decrypt(header, body[4:], tag) == b"x" * 64
+    assert built == [key, key, key]
