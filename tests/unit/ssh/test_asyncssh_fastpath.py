@@ -752,3 +752,17 @@ def test_gcm_keys_are_scheduled_once_per_direction_not_per_packet(monkeypatch):
         assert body + tag == _rfc5647_wire(key, iv[:4], (int.from_bytes(iv[4:], "big") + number) % (1 << 64), header, b"x" * 64)
         assert cipher_in.verify_and_decrypt(header, body[4:], tag) == b"x" * 64
     assert built == [key, key, key]
+
+
+@pytest.mark.parametrize("cipher_name", ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"])
+def test_a_private_key_asyncssh_encrypts_with_gcm_still_opens_in_openssh(tmp_path, cipher_name):
+    """asyncssh's key export uses the same GCM encryption as the connection, with the tag after the data."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = tmp_path / "key"
+    path.write_bytes(key.export_private_key(passphrase="pass phrase", cipher_name=cipher_name))
+    path.chmod(0o600)
+    opened = subprocess.run(["ssh-keygen", "-y", "-P", "pass phrase", "-f", str(path)],
+                            capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert opened.returncode == 0, opened.stderr.decode(errors="replace")
+    assert opened.stdout.split()[:2] == key.export_public_key().split()[:2]
+    assert asyncssh.import_private_key(path.read_bytes(), "pass phrase").export_public_key() == key.export_public_key()
