@@ -65,7 +65,15 @@ packets the gateway sends:
    the tag after the length-prefixed ciphertext). During a recorded bulk `cat` asyncssh's IV arithmetic
    alone was 2.4% of the event loop's time (py-spy, the host of 2026-12-07).
 
-All seven patch asyncssh classes, so they hold for every asyncssh connection in the process (gateway
+8. Three ChaCha20 set-ups per packet in chacha20-poly1305@openssh.com, the cipher a stock OpenSSH
+   client picks first (the client's order decides, not the server's). asyncssh keys one ChaCha20 stream
+   for the length, one for the Poly1305 key (block 0) and one more for the payload (from block 1), and
+   joins the encrypted length and payload to hand them to Poly1305. Here the Poly1305 key and the
+   payload come from one stream, as the construction has it (block 0, then block 1 on), and Poly1305
+   takes the two pieces in turn. Measured: a stock client's recorded bulk `cat` cost the gateway 9.5 ms
+   of CPU per MiB against 6.6-7.7 with AES-GCM (the host of 2026-12-07).
+
+All eight patch asyncssh classes, so they hold for every asyncssh connection in the process (gateway
 front end, upstream connections, tests' servers); tests/unit/ssh/test_asyncssh_fastpath.py checks
 each against asyncssh's rules, the keepalive also on uvloop (the gateway's loop).
 """
@@ -74,10 +82,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from asyncssh.channel import SSHChannel
+from asyncssh.crypto.chacha import ChachaCipher, chacha20
 from asyncssh.crypto.cipher import GCMCipher
 from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
@@ -103,6 +115,8 @@ _GCM_TAG = 16  # bytes of AES-GCM's tag on an SSH packet (RFC 5647)
 RECEIVE_STEP = 64 * 1024
 
 _INVOCATION_MASK = (1 << 64) - 1  # RFC 5647's invocation counter: 64 bits, wrapping
+_CHACHA_BLOCK_0 = bytes(64)  # encrypted from counter 0: the first 32 bytes are the packet's Poly1305 key
+_COUNTER_0 = bytes(8)  # ChaCha20's 64-bit block counter (little-endian) ahead of the 64-bit nonce
 
 _installed = False
 
@@ -112,6 +126,14 @@ def _next_nonce(cipher: Any) -> bytes:
     invocation = cipher._bastion_invocation
     cipher._bastion_invocation = (invocation + 1) & _INVOCATION_MASK
     return cipher._bastion_fixed + invocation.to_bytes(8, "big")
+
+
+def _chacha_payload(key: bytes, nonce: bytes, header: bytes) -> tuple[Any, Poly1305]:
+    """One packet's ChaCha20 stream, past block 0, and a Poly1305 keyed by block 0 that has read `header`."""
+    stream = Cipher(ChaCha20(key, _COUNTER_0 + nonce), mode=None).encryptor()
+    mac = Poly1305(stream.update(_CHACHA_BLOCK_0)[:32])
+    mac.update(header)
+    return stream, mac
 
 
 def feed_in_steps(parse: Callable[[Any, Any], None], connection: Any, data: bytes) -> None:
@@ -281,6 +303,24 @@ def install() -> None:
         except InvalidTag:
             return None
 
+    def chacha_encrypt_and_sign(self, header, data, nonce):
+        header = chacha20(self._adkey, header, nonce, 0)
+        stream, mac = _chacha_payload(self._key, nonce, header)
+        data = stream.update(data)
+        mac.update(data)
+        return header + data, mac.finalize()
+
+    def chacha_verify_and_decrypt(self, header, data, nonce, tag):
+        stream, mac = _chacha_payload(self._key, nonce, header)
+        mac.update(data)
+        try:
+            mac.verify(tag)
+        except InvalidSignature:
+            return None
+        return stream.update(data)
+
+    ChachaCipher.encrypt_and_sign = chacha_encrypt_and_sign
+    ChachaCipher.verify_and_decrypt = chacha_verify_and_decrypt
     GCMCipher.__init__ = gcm_init
     GCMCipher.encrypt_and_sign = gcm_encrypt_and_sign  # kept in step with the counter, for any other caller
     GCMCipher.verify_and_decrypt = gcm_verify_and_decrypt

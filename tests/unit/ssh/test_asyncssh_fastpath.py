@@ -766,3 +766,80 @@ def test_a_private_key_asyncssh_encrypts_with_gcm_still_opens_in_openssh(tmp_pat
     assert opened.returncode == 0, opened.stderr.decode(errors="replace")
     assert opened.stdout.split()[:2] == key.export_public_key().split()[:2]
     assert asyncssh.import_private_key(path.read_bytes(), "pass phrase").export_public_key() == key.export_public_key()
+
+
+# --- chacha20-poly1305: one ChaCha20 stream for the Poly1305 key and the payload ---------------------
+
+def _openssh_chacha_reference(key: bytes, header: bytes, packet: bytes, seq: int) -> tuple[bytes, bytes]:
+    """The packet as asyncssh's own ChaCha20 and Poly1305 functions build it (PROTOCOL.chacha20poly1305)."""
+    from asyncssh.crypto.chacha import chacha20, poly1305
+
+    nonce = seq.to_bytes(8, "big")
+    sealed = chacha20(key[32:], header, nonce, 0) + chacha20(key[:32], packet, nonce, 1)
+    return sealed, poly1305(key[:32], sealed, nonce)
+
+
+@pytest.mark.parametrize("size", [8, 60, 64, 65, 1020, 32 * 1024 + 12])
+def test_chacha_packets_are_the_bytes_openssh_expects_and_read_back(size):
+    from asyncssh.encryption import ChachaEncryption
+
+    key = os.urandom(64)
+    sender, receiver = (ChachaEncryption.new("chacha20-poly1305", key, b"") for _ in range(2))
+    for seq in (0, 7, 0xFFFFFFFF):
+        packet = os.urandom(size)
+        header = len(packet).to_bytes(4, "big")
+        encrypted, mac = sender.encrypt_packet(seq, header, packet)
+        assert (encrypted, mac) == _openssh_chacha_reference(key, header, packet, seq)
+        first, length = receiver.decrypt_header(seq, encrypted[:8], 4)
+        assert length == header
+        assert receiver.decrypt_packet(seq, first, encrypted[8:], 4, mac) == packet
+        altered = bytearray(encrypted)
+        altered[-1] ^= 1
+        assert receiver.decrypt_packet(seq, first, bytes(altered[8:]), 4, mac) is None
+        assert receiver.decrypt_packet(seq, first, encrypted[8:], 4, bytes(16)) is None
+
+
+def test_a_chacha_packet_keys_two_streams_not_three(monkeypatch):
+    import asyncssh.crypto.chacha as asyncssh_chacha
+    from asyncssh.encryption import ChachaEncryption
+
+    keyed = []
+
+    def counting(real):
+        return lambda *args, **kwargs: keyed.append(1) or real(*args, **kwargs)
+
+    monkeypatch.setattr(asyncssh_chacha, "Cipher", counting(asyncssh_chacha.Cipher))
+    monkeypatch.setattr(asyncssh_fastpath, "Cipher", counting(asyncssh_fastpath.Cipher))
+    sender = ChachaEncryption.new("chacha20-poly1305", os.urandom(64), b"")
+    for seq in range(5):
+        sender.encrypt_packet(seq, (60).to_bytes(4, "big"), os.urandom(60))
+    assert len(keyed) == 10  # the length's stream and the packet's; asyncssh keys a third for Poly1305
+
+
+async def _echo_stdin(process) -> None:
+    while data := await process.stdin.read(65536):
+        process.stdout.write(data)
+    process.exit(0)
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client (make test installs it)")
+@pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com",
+                                    "aes256-gcm@openssh.com"])
+async def test_openssh_talks_to_the_fast_path_both_ways(tmp_path, cipher):
+    """A real OpenSSH client and an asyncssh server with every patch: 2 MiB each way, with a rekey."""
+    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                   server_factory=lambda: _NoAuth(asyncio.Event(), asyncio.Event()),
+                                   process_factory=_echo_stdin, encoding=None, rekey_bytes=512 * 1024)
+    port = server.sockets[0].getsockname()[1]
+    sent = os.urandom(2 << 20)
+    try:
+        client = await asyncio.create_subprocess_exec(
+            "ssh", "-p", str(port), "-c", cipher, "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={tmp_path}/kh", "-o", "BatchMode=yes", "-F", "/dev/null", "u@127.0.0.1", "x",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        echoed, errors = await asyncio.wait_for(client.communicate(sent), 60)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert client.returncode == 0, errors.decode(errors="replace")
+    assert echoed == sent
