@@ -84,9 +84,9 @@ from typing import Any, Callable
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from cryptography.hazmat.primitives.poly1305 import Poly1305
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from asyncssh.channel import SSHChannel
 from asyncssh.crypto.chacha import ChachaCipher, chacha20
@@ -280,6 +280,8 @@ def install() -> None:
         self._bastion_fixed, self._bastion_invocation = iv[:4], int.from_bytes(iv[4:], "big")
 
     def gcm_encrypt_and_sign(self, header, data):
+        # The tag comes back apart, as asyncssh's API has it: besides the connection (which sends packet +
+        # mac), asyncssh's private key export writes the tag after the length-prefixed ciphertext.
         sealed = self._bastion_aead.encrypt(_next_nonce(self), data, header)
         return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
 
@@ -288,13 +290,6 @@ def install() -> None:
             return self._bastion_aead.decrypt(_next_nonce(self), data + mac, header)
         except InvalidTag:
             return None
-
-    def gcm_encrypt_packet(self, seq, header, packet):
-        # The tag comes back apart, as asyncssh's API has it: besides the connection (which sends packet +
-        # mac), asyncssh's private key export writes the tag after the length-prefixed ciphertext.
-        cipher = self._cipher
-        sealed = cipher._bastion_aead.encrypt(_next_nonce(cipher), packet, header)
-        return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
 
     def gcm_decrypt_packet(self, seq, first, rest, header_len, mac):
         cipher = self._cipher
@@ -323,9 +318,8 @@ def install() -> None:
     ChachaCipher.encrypt_and_sign = chacha_encrypt_and_sign
     ChachaCipher.verify_and_decrypt = chacha_verify_and_decrypt
     GCMCipher.__init__ = gcm_init
-    GCMCipher.encrypt_and_sign = gcm_encrypt_and_sign  # kept in step with the counter, for any other caller
+    GCMCipher.encrypt_and_sign = gcm_encrypt_and_sign  # asyncssh's GCMEncryption.encrypt_packet calls it
     GCMCipher.verify_and_decrypt = gcm_verify_and_decrypt
-    GCMEncryption.encrypt_packet = gcm_encrypt_packet
     GCMEncryption.decrypt_packet = gcm_decrypt_packet
     SSHConnection._bastion_corked = None  # packets held while a channel flushes (a list), or None
     SSHConnection._send = send
