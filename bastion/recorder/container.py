@@ -213,9 +213,11 @@ def read_records(stream: BinaryIO, offset: int, file_size: int | None = None) ->
         offset += _U32.size + length
 
 
-def record_hash(record_type: bytes, payload: bytes) -> bytes:
+def record_hash(record_type: bytes, *payload: bytes) -> bytes:
+    """The chain hash of a record whose payload is the pieces of `payload`, in order."""
     digest = hashlib.sha256(record_type)
-    digest.update(payload)  # not record_type + payload: that copies every chunk once more
+    for piece in payload:
+        digest.update(piece)  # not record_type + payload: that copies every chunk once more
     return digest.digest()
 
 
@@ -231,10 +233,8 @@ def chunk_record(seq: int, prev_hash: bytes, nonce: bytes, ciphertext: bytes) ->
     """A framed chunk record as pieces to write in order, and its hash: the same bytes and hash as
     `frame(CHUNK, encode_chunk_payload(...))` and `record_hash`, without copying the ciphertext twice."""
     head = _CHUNK_HEAD.pack(seq, prev_hash, nonce)
-    digest = hashlib.sha256(CHUNK)
-    digest.update(head)
-    digest.update(ciphertext)
-    return [_U32.pack(1 + len(head) + len(ciphertext)) + CHUNK + head, ciphertext], digest.digest()
+    return ([_U32.pack(1 + len(head) + len(ciphertext)) + CHUNK + head, ciphertext],
+            record_hash(CHUNK, head, ciphertext))
 
 
 def parse_chunk(payload: bytes) -> ChunkFields:

@@ -45,8 +45,9 @@ SMALL_CHUNK = 1024
 # grows without bound; asciicast players just concatenate them.
 MAX_EVENT_BYTES = 64 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-# Pieces per writev(2) call (the kernel refuses more than IOV_MAX in one).
-IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+# Pieces per writev(2) call (the kernel refuses more than IOV_MAX in one); sysconf answers -1 where the
+# limit is indeterminate, and 1024 is Linux's.
+IOV_MAX = max(os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 0, 0) or 1024
 # How far back each write asks the kernel to drop pages already written back (see _release_page_cache).
 RECENT_BYTES = 32 * 1024 * 1024
 

@@ -129,6 +129,14 @@ def _next_nonce(cipher: Any) -> bytes:
     return cipher._bastion_fixed + invocation.to_bytes(8, "big")
 
 
+def _gcm_open(cipher: Any, header: bytes, sealed: bytes) -> bytes | None:
+    """`sealed` (ciphertext and tag) opened with `cipher`'s next nonce, or None if the tag is wrong."""
+    try:
+        return cipher._bastion_aead.decrypt(_next_nonce(cipher), sealed, header)
+    except InvalidTag:
+        return None
+
+
 def _chacha_payload(key: bytes, nonce: bytes, header: bytes) -> tuple[Any, Poly1305]:
     """One packet's ChaCha20 stream, past block 0, and a Poly1305 keyed by block 0 that has read `header`."""
     stream = Cipher(ChaCha20(key, _COUNTER_0 + nonce), mode=None).encryptor()
@@ -286,18 +294,10 @@ def install() -> None:
         return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
 
     def gcm_verify_and_decrypt(self, header, data, mac):
-        try:
-            return self._bastion_aead.decrypt(_next_nonce(self), data + mac, header)
-        except InvalidTag:
-            return None
+        return _gcm_open(self, header, data + mac)
 
     def gcm_decrypt_packet(self, seq, first, rest, header_len, mac):
-        cipher = self._cipher
-        try:
-            return cipher._bastion_aead.decrypt(_next_nonce(cipher), b"".join((first[header_len:], rest, mac)),
-                                                first[:header_len])
-        except InvalidTag:
-            return None
+        return _gcm_open(self._cipher, first[:header_len], b"".join((first[header_len:], rest, mac)))
 
     def chacha_encrypt_and_sign(self, header, data, nonce):
         header = chacha20(self._adkey, header, nonce, 0)
