@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from bastion.errors import ConfigError
+from bastion.ssh_algorithms import CIPHERS
 
 CONFIG_FILE = "bastion.toml"
 ENV_PREFIX = "BASTION_"
@@ -117,6 +118,20 @@ def _cidr_list(value: Any) -> tuple[str, ...]:
     return tuple(str(item) for item in value)
 
 
+def _cipher_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("must be a non-empty list of cipher names")
+    chosen: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or item not in CIPHERS:
+            raise ValueError(f"not a cipher the gateway allows: {str(item)[:60]!r} (allowed: {', '.join(CIPHERS)})")
+        if item not in chosen:
+            chosen.append(item)
+    return tuple(chosen)
+
+
 def _database_url(value: Any) -> str:
     text = _optional_str(value)
     if text and not text.startswith(("sqlite", "postgresql")):
@@ -183,6 +198,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ssh.keepalive_interval", 30.0, "seconds between keepalives to idle clients", _positive_float),
     Setting("ssh.post_quantum_only", False,
             "offer only post-quantum hybrid key exchange (needs OpenSSH 9.9+ clients)", _bool),
+    Setting("ssh.ciphers", CIPHERS,
+            "ciphers the port offers SSH clients (a selection of the default; the client's order picks among them)",
+            _cipher_list),
     Setting("ssh.window", 8 << 20, "SSH channel window in bytes (larger moves bulk data faster)", _positive_int),
     Setting("upstream.connect_timeout", 10.0, "seconds to connect and authenticate to a target", _positive_float),
     Setting("auth.default_min_level", 1, "level a target demands when it names none (1, 2 or 3)", _level),

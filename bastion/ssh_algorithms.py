@@ -9,7 +9,8 @@ KEX = PQ_KEX + ("curve25519-sha256", "curve25519-sha256@libssh.org", "diffie-hel
                 "diffie-hellman-group18-sha512")
 # AES-GCM first: with AES instructions it is about twice as fast as ChaCha20 here. The order decides only
 # where the gateway is the client (its connections to targets): the client's order picks (RFC 4253, 7.1),
-# so a stock OpenSSH client connecting to the gateway gets chacha20-poly1305, its own first choice.
+# so a stock OpenSSH client connecting to the gateway gets chacha20-poly1305, its own first choice, unless
+# the operator narrows what the port offers (`ssh.ciphers`, checked against this list).
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
            "aes256-ctr", "aes192-ctr", "aes128-ctr")
 MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "umac-128-etm@openssh.com")
@@ -22,8 +23,12 @@ USER_SIGNATURES = ("ssh-ed25519", "sk-ssh-ed25519@openssh.com", "ecdsa-sha2-nist
 COMPRESSION = ("none",)
 
 
-def server_algorithm_options(post_quantum_only: bool = False) -> dict[str, list[str]]:
-    return {"kex_algs": list(PQ_KEX if post_quantum_only else KEX), "encryption_algs": list(CIPHERS), "mac_algs": list(MACS),
+def server_algorithm_options(post_quantum_only: bool = False,
+                             ciphers: tuple[str, ...] = CIPHERS) -> dict[str, list[str]]:
+    """What the gateway's port offers clients; `ciphers` must be drawn from CIPHERS (the config checks it)."""
+    if not ciphers or any(name not in CIPHERS for name in ciphers):
+        raise ValueError("ciphers must be a non-empty selection of the allowed ones")  # fail closed
+    return {"kex_algs": list(PQ_KEX if post_quantum_only else KEX), "encryption_algs": list(ciphers), "mac_algs": list(MACS),
             "compression_algs": list(COMPRESSION), "signature_algs": list(USER_SIGNATURES)}
 
 

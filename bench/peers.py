@@ -20,8 +20,8 @@ from typing import Any
 from bastion.localsshd import LocalSshd
 
 SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-c", "aes128-gcm@openssh.com"]
+            "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+BENCH_CIPHER = "aes128-gcm@openssh.com"
 
 
 @dataclass
@@ -35,23 +35,27 @@ class Peer:
     jump: tuple[int, str] | None = None   # (port, login) of a jump host the client goes through
     tty: bool = False                      # force a terminal (asciinema relays output only to one)
     scp: bool = True                       # can it carry scp/sftp at all?
+    cipher: str | None = BENCH_CIPHER      # None: the client's own choice (stock OpenSSH: chacha20-poly1305)
     notes: list[str] = field(default_factory=list)
+
+    def _opts(self) -> list[str]:
+        return [*SSH_OPTS, *(["-c", self.cipher] if self.cipher else [])]
 
     def _jump_options(self) -> list[str]:
         if self.jump is None:
             return []
         # ProxyCommand with the same options as the final hop: what -J does, with the options passed on.
-        inner = ["ssh", *SSH_OPTS, "-i", str(self.key), "-p", str(self.jump[0]), "-W", "%h:%p",
+        inner = ["ssh", *self._opts(), "-i", str(self.key), "-p", str(self.jump[0]), "-W", "%h:%p",
                  f"{self.jump[1]}@127.0.0.1"]
         return ["-o", "ProxyCommand=" + " ".join(shlex.quote(part) for part in inner)]
 
     def ssh_args(self, *command: str) -> list[str]:
-        return ["ssh", "-p", str(self.port), *SSH_OPTS, *self._jump_options(), *(["-tt"] if self.tty else []),
+        return ["ssh", "-p", str(self.port), *self._opts(), *self._jump_options(), *(["-tt"] if self.tty else []),
                 "-i", str(self.key), f"{self.login}@127.0.0.1", *command]
 
     def scp_args(self, remote_login: str, remote_path: str, local: str) -> list[str]:
         """scp (SFTP protocol, as OpenSSH 9 does by default) of a remote file to `local`."""
-        return ["scp", "-q", "-P", str(self.port), *SSH_OPTS, *self._jump_options(), "-i", str(self.key),
+        return ["scp", "-q", "-P", str(self.port), *self._opts(), *self._jump_options(), "-i", str(self.key),
                 f"{remote_login}@127.0.0.1:{remote_path}", local]
 
     async def connect(self) -> Any:
@@ -59,7 +63,7 @@ class Peer:
         import asyncssh
 
         options: dict[str, Any] = dict(client_keys=[str(self.key)], known_hosts=None, agent_path=None, config=None,
-                                       encryption_algs=["aes128-gcm@openssh.com"])
+                                       encryption_algs=[self.cipher or BENCH_CIPHER])
         tunnel = None
         if self.jump is not None:
             tunnel = await asyncssh.connect("127.0.0.1", self.jump[0], username=self.jump[1], **options)
@@ -81,7 +85,8 @@ def start_recording_jump(work: Path, target: LocalSshd, login: str, key: Path) -
     recordings = work / "asciinema-recordings"
     recordings.mkdir(parents=True, exist_ok=True)
     inner = work / "jump-inner.sh"
-    ssh = " ".join(shlex.quote(part) for part in ["ssh", *SSH_OPTS, "-i", str(key), "-p", str(target.port)])
+    ssh = " ".join(shlex.quote(part) for part in ["ssh", *SSH_OPTS, "-c", BENCH_CIPHER, "-i", str(key),
+                                                          "-p", str(target.port)])
     # A terminal is passed on only when the user has one; the user's command arrives in SSH_ORIGINAL_COMMAND.
     inner.write_text("#!/bin/sh\n"
                      'if [ -t 0 ]; then T=-tt; else T=-T; fi\n'

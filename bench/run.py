@@ -54,14 +54,18 @@ class Mode:
     text_bytes: int
     # `scp` right after a recorded `cat`: each run is a `cat` and an `scp` through the gateway.
     scp_after_runs: int
+    # Bulk `cat` with the client's own cipher (stock OpenSSH: chacha20-poly1305), direct and through
+    # gateways offering every cipher and AES-GCM only (`ssh.ciphers`).
+    stock_runs: int
 
 
 # Quick mode took 3 min 37 s on the slower host of 2026-12-07 (plain OpenSSH `cat` at 170-250 MiB/s there,
 # connection set-up 0.5 s, post-session jobs 3-5 s after each recorded run), past its 3 minutes. So it moves
 # 128 MiB a run (timed from the first byte, that still lasts seconds through the gateway), times 5 set-ups
 # and runs 100 sessions; full mode keeps the 1 GiB, 2,000 keys and 1,000 sessions.
-MODES = {"quick": Mode(128 << 20, 3, 500, 5, 100, 10.0, 1, 32 << 20, 1, 64 << 20, 2),
-         "full": Mode(1 << 30, 5, 2000, 20, 1000, 30.0, 3, 1 << 30, 3, 1 << 30, 5)}
+MODES = {"quick": Mode(128 << 20, 3, 500, 5, 100, 10.0, 1, 32 << 20, 1, 64 << 20, 2, 1),
+         "full": Mode(1 << 30, 5, 2000, 20, 1000, 30.0, 3, 1 << 30, 3, 1 << 30, 5, 3)}
+AES_GCM_ONLY = "aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 REPLAY_MEGABYTES = {"quick": 10, "full": 100}
 
 
@@ -227,7 +231,7 @@ def _fmt(value: float | None) -> str:
 
 
 def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None]], replay: object,
-           concurrency: dict[str, float], recording: dict[str, float]) -> str:
+           concurrency: dict[str, float], recording: dict[str, float], stock: dict[str, float]) -> str:
     from bench import replay_seek
 
     names = list(results)
@@ -301,6 +305,16 @@ def report(mode_name: str, mode: Mode, results: dict[str, dict[str, float | None
         f"{recording['text_direct']:.1f} / {recording['text_bastion']:.1f} | "
         f"{recording['text_bastion'] / recording['text_direct']:.2f}x |",
         f"| post-session jobs after that recorded `cat` of text, s (median) | {recording['text_settle']:.1f} | |", "",
+        "A stock OpenSSH client (no `-c`): it asks for chacha20-poly1305 first, and the client's order picks "
+        "(RFC 4253, 7.1), so through the gateway it gets chacha20-poly1305 unless the port offers AES-GCM only "
+        f"(`ssh.ciphers = [\"aes128-gcm@openssh.com\", \"aes256-gcm@openssh.com\"]`). Recorded bulk `cat`, "
+        f"{mode.bulk_bytes >> 20} MiB, median of {mode.stock_runs}.", "",
+        "| stock client figure | MiB/s | Bastion ÷ direct |", "|---|---|---|",
+        f"| direct (chacha20-poly1305) | {stock['direct']:.1f} | |",
+        f"| bastion, every cipher offered (chacha20-poly1305) | {stock['every']:.1f} | "
+        f"{stock['every'] / stock['direct']:.2f}x |",
+        f"| bastion, `ssh.ciphers` AES-GCM only (aes128-gcm) | {stock['gcm_only']:.1f} | "
+        f"{stock['gcm_only'] / stock['direct']:.2f}x |", "",
         f"Concurrency (`python -m bench.concurrency --sessions {mode.sessions} --seconds {mode.session_seconds:g}`): "
         f"{mode.sessions} interactive sessions through the gateway (recording on) to a light asyncssh echo "
         "server in a process of its own (bench/echo_target.py), each typing 5 keys a second; the asyncssh "
@@ -370,12 +384,14 @@ def main() -> int:
         started.append(gateway)
         unrecorded = GatewayProcess(data_dir, module="bench.unrecorded").start()
         started.append(unrecorded)
+        gcm_only = GatewayProcess(data_dir, env={"BASTION_SSH_CIPHERS": AES_GCM_ONLY}).start()
+        started.append(gcm_only)
         peers = [(Peer("direct", sshd.port, login, key), login),
                  (Peer("proxyjump", sshd.port, login, key, jump=(jump.port, login)), login),
                  (Peer("asciinema-jump", recording_jump.port, login, key, tty=True, scp=False), None),
                  (Peer("bastion", gateway.port, "bench:target", key), "bench@target")]
         results: dict[str, dict[str, float | None]] = {p.name: {} for p, _ in peers}
-        gateways = [gateway.process.pid, unrecorded.process.pid]
+        gateways = [gateway.process.pid, unrecorded.process.pid, gcm_only.process.pid]
         settled: list[float] = []  # seconds waited for post-session jobs after each bastion bulk run
         for peer, scp_login in peers:
             figures = results[peer.name]
@@ -438,6 +454,18 @@ def main() -> int:
             settle(gateways)
             text_bastion.append(bulk_cat(on_peer, text_file, mode.text_bytes))
             text_settled.append(settle(gateways))
+        # What a stock OpenSSH client gets: it asks for chacha20-poly1305 first, and the client's order picks.
+        stock_peers = {"direct": Peer("direct", sshd.port, login, key, cipher=None),
+                       "every": Peer("bastion", gateway.port, "bench:target", key, cipher=None),
+                       "gcm_only": Peer("bastion-gcm-only", gcm_only.port, "bench:target", key, cipher=None)}
+        print(f"[stock client] cat {mode.bulk_bytes >> 20} MiB x {mode.stock_runs}: direct, bastion, "
+              "bastion offering AES-GCM only", flush=True)
+        stock_runs: dict[str, list[float]] = {name: [] for name in stock_peers}
+        for _ in range(mode.stock_runs):
+            for name, peer in stock_peers.items():
+                settle(gateways)
+                stock_runs[name].append(bulk_cat(peer, bulk_file, mode.bulk_bytes))
+        stock = {name: statistics.median(runs) for name, runs in stock_runs.items()}
         recording = {"on": statistics.median(on_runs), "off": statistics.median(off_runs),
                      "settle": statistics.median(settled), "scp_after": scp_after,
                      "text_direct": statistics.median(text_direct), "text_bastion": statistics.median(text_bastion),
@@ -455,7 +483,7 @@ def main() -> int:
     sessions = concurrency.measure(mode.sessions, mode.session_seconds)
     print(f"[replay] one hour, {REPLAY_MEGABYTES[mode_name]} MiB of output", flush=True)
     replay = asyncio.run(replay_seek.measure(REPLAY_MEGABYTES[mode_name]))
-    text = report(mode_name, mode, results, replay, sessions, recording)
+    text = report(mode_name, mode, results, replay, sessions, recording, stock)
     Path(args.out).write_text(text)
     print(text)
     return 0

@@ -39,7 +39,7 @@ class SSHFrontEnd:
             window=config["ssh.window"], encoding=None, line_editor=False, allow_pty=True,
             agent_forwarding=False, x11_forwarding=False, kbdint_auth=True, gss_auth=False, gss_kex=False,
             host_based_auth=False, rdns_lookup=False, allow_scp=False,
-            **server_algorithm_options(config["ssh.post_quantum_only"]))
+            **server_algorithm_options(config["ssh.post_quantum_only"], config["ssh.ciphers"]))
 
     async def handle(self, sock: socket.socket, peer: "Peer") -> None:
         """Serve one client until it disconnects."""

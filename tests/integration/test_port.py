@@ -104,3 +104,37 @@ def test_ssh_audit_post_quantum_only_reports_no_failures_or_warnings(testbed):
     assert [e["algorithm"] for e in report["kex"] if not e["algorithm"].startswith(("kex-strict", "ext-info"))] == \
         ["mlkem768x25519-sha256"]
     assert problems(report) == []
+
+
+AES_GCM_ONLY = "aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+
+
+def test_ssh_ciphers_narrows_what_the_port_offers_and_a_stock_client_gets_aes_gcm(testbed):
+    # A stock OpenSSH client asks for chacha20-poly1305 first, and the client's order picks (RFC 4253,
+    # 7.1): only leaving it out of the offer gives such a client AES-GCM.
+    from tests.support.gateway import GatewayProcess
+
+    alice = testbed.user("exec")
+    gateway = GatewayProcess(testbed.data_dir, env={"BASTION_SSH_CIPHERS": AES_GCM_ONLY}).start()
+    try:
+        offered = [entry["algorithm"] for entry in ssh_audit(gateway.port)["enc"]]
+        stock = ssh(gateway.port, alice, f"{alice.name}:web01", "echo through",
+                extra=["-o", "LogLevel=DEBUG1"])
+        insisting = ssh(gateway.port, alice, f"{alice.name}:web01", "echo through",
+                        extra=["-c", "chacha20-poly1305@openssh.com", "-o", "LogLevel=INFO"])
+    finally:
+        gateway.stop()
+    assert offered == AES_GCM_ONLY.split(",")
+    assert stock.returncode == 0 and stock.stdout == b"through\n"
+    assert b"server->client cipher: aes128-gcm@openssh.com" in stock.stderr
+    assert insisting.returncode == 255 and insisting.stdout == b""
+    assert b"no matching cipher found" in insisting.stderr
+
+
+def test_the_default_offer_lets_a_stock_client_pick_chacha20(testbed):
+    # The other half of the test above: without `ssh.ciphers` the client's first choice stands.
+    alice = testbed.user("exec")
+    stock = ssh(testbed.port, alice, f"{alice.name}:web01", "echo through",
+                extra=["-o", "LogLevel=DEBUG1"])
+    assert stock.returncode == 0 and stock.stdout == b"through\n"
+    assert b"server->client cipher: chacha20-poly1305@openssh.com" in stock.stderr

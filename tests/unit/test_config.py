@@ -45,6 +45,11 @@ def test_toml_sections_and_env_override(tmp_path):
     ('database_url = "mysql://x"\n', "database_url"),
     ('no_such_setting = 1\n', "no_such_setting"),
     ('[ssh]\npost_quantum_only = "maybe"\n', "ssh.post_quantum_only"),
+    ('[ssh]\nciphers = ["3des-cbc"]\n', "ssh.ciphers"),
+    ('[ssh]\nciphers = []\n', "ssh.ciphers"),
+    ('[ssh]\nciphers = ",,"\n', "ssh.ciphers"),
+    ('[ssh]\nciphers = [1]\n', "ssh.ciphers"),
+    ('[ssh]\nciphers = ["aes128-gcm@openssh.com", "none"]\n', "ssh.ciphers"),
     ('event_loop = "twisted"\n', "event_loop"),
     ('[session]\nidle_timeout = -5\n', "session.idle_timeout"),
 ])
@@ -82,3 +87,9 @@ def test_config_check_cli_exits_2_with_one_line_and_changes_nothing(tmp_path):
     serve = subprocess.run([sys.executable, "-m", "bastion", "serve", "--data-dir", str(data)],
                            capture_output=True, text=True, timeout=30)
     assert serve.returncode == 2 and "ssh.login_timeout" in serve.stderr
+
+
+def test_ssh_ciphers_keeps_the_operators_order_and_drops_repeats(tmp_path):
+    config = load_config(tmp_path, environ={
+        env_name("ssh.ciphers"): " aes256-gcm@openssh.com,aes128-gcm@openssh.com, aes256-gcm@openssh.com "})
+    assert config["ssh.ciphers"] == ("aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
