@@ -153,3 +153,70 @@ def test_malformed_target_replies_are_protocol_errors_not_crashes(reply):
     flt.from_user(packet(f.FXP_READ, u32(2), s(b"H"), struct.pack(">Q", 0), u32(10)))
     with pytest.raises(f.SftpProtocolError):
         flt.from_target(reply)
+
+
+def _split(data, cuts):
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 70_000), min_size=1, max_size=6), cuts=st.lists(st.integers(0, 1 << 20)))
+def test_download_replies_pass_unchanged_and_counted_however_they_are_split(sizes, cuts):
+    flt, events = make(read=True, write=False)
+    flt.from_user(open_req(1, b"/srv/big", f.PF_READ))
+    flt.from_target(packet(f.FXP_HANDLE, u32(1), s(b"H1")))
+    replies = b""
+    for n, size in enumerate(sizes):
+        flt.from_user(packet(f.FXP_READ, u32(10 + n), s(b"H1"), struct.pack(">Q", 0), u32(size)))
+        replies += packet(f.FXP_DATA, u32(10 + n), s(bytes([n]) * size))
+    replies += packet(f.FXP_STATUS, u32(99), u32(1), s(b"EOF"), s(b"en"))
+    out = b"".join(flt.from_target(piece) for piece in _split(replies, cuts))
+    flt.from_user(packet(f.FXP_CLOSE, u32(100), s(b"H1")))
+    assert out == replies
+    assert events["transfers"] == [("download", "/srv/big", sum(sizes))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 70_000), min_size=1, max_size=5), cuts=st.lists(st.integers(0, 1 << 20)),
+       may_write=st.booleans())
+def test_uploads_are_forwarded_or_refused_whole_however_they_are_split(sizes, cuts, may_write):
+    flt, events = make(read=True, write=may_write)
+    init = packet(f.FXP_INIT, u32(6))
+    # Under read-only the handle is opened for reading: writes to it are refused all the same.
+    opening = open_req(1, b"/srv/up", (f.PF_WRITE | f.PF_CREAT) if may_write else f.PF_READ)
+    forward, answers = flt.from_user(init + opening)
+    assert answers == b"" and forward == packet(f.FXP_INIT, u32(3)) + opening
+    flt.from_target(packet(f.FXP_VERSION, u32(3)) + packet(f.FXP_HANDLE, u32(1), s(b"H2")))
+    writes = b"".join(packet(f.FXP_WRITE, u32(10 + n), s(b"H2"), struct.pack(">Q", 0), s(bytes([n]) * size))
+                      for n, size in enumerate(sizes))
+    closing = packet(f.FXP_CLOSE, u32(200), s(b"H2"))
+    forward, answers = b"", b""
+    for piece in _split(writes + closing, cuts):
+        sent, answer = flt.from_user(piece)
+        forward, answers = forward + sent, answers + answer
+    if may_write:
+        assert forward == writes + closing and answers == b""
+        assert events["transfers"] == [("upload", "/srv/up", sum(sizes))]
+    else:
+        assert forward == closing
+        replies, offset = [], 0
+        while offset < len(answers):
+            replies.append(status_code(answers[offset:]))
+            offset += 4 + struct.unpack_from(">I", answers, offset)[0]
+        assert replies == [(10 + n, f.FX_PERMISSION_DENIED) for n in range(len(sizes))]
+        assert events["denied"] == [("write", "/srv/up")] * len(sizes)
+        assert events["transfers"] == [("download", "/srv/up", 0)]
+
+
+def test_whole_replies_pass_without_a_copy():
+    # At bulk rates every copy of the stream costs the relay: whole packets go on as the same object.
+    flt, _ = make(read=True, write=False)
+    flt.from_user(open_req(1, b"/srv/big", f.PF_READ))
+    flt.from_target(packet(f.FXP_HANDLE, u32(1), s(b"H1")))
+    flt.from_user(packet(f.FXP_READ, u32(2), s(b"H1"), struct.pack(">Q", 0), u32(4096)))
+    reply = packet(f.FXP_DATA, u32(2), s(b"d" * 4096))
+    assert flt.from_target(reply) is reply
+    upload, _ = make()
+    write = packet(f.FXP_WRITE, u32(3), s(b"H"), struct.pack(">Q", 0), s(b"u" * 4096))
+    assert upload.from_user(write)[0] is write
