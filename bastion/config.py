@@ -125,8 +125,10 @@ def _cipher_list(value: Any) -> tuple[str, ...]:
         raise ValueError("must be a non-empty list of cipher names")
     chosen: list[str] = []
     for item in value:
-        if not isinstance(item, str) or item not in CIPHERS:
-            raise ValueError(f"not a cipher the gateway allows: {str(item)[:60]!r} (allowed: {', '.join(CIPHERS)})")
+        if not isinstance(item, str):
+            raise ValueError("must be a list of cipher names (strings)")
+        if item not in CIPHERS:
+            raise ValueError(f"not a cipher the gateway allows: {item[:60]!r} (allowed: {', '.join(CIPHERS)})")
         if item not in chosen:
             chosen.append(item)
     return tuple(chosen)

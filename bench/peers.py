@@ -62,8 +62,9 @@ class Peer:
         """An asyncssh connection to the target through this peer (tunnelled through the jump host, if any)."""
         import asyncssh
 
-        options: dict[str, Any] = dict(client_keys=[str(self.key)], known_hosts=None, agent_path=None, config=None,
-                                       encryption_algs=[self.cipher or BENCH_CIPHER])
+        options: dict[str, Any] = dict(client_keys=[str(self.key)], known_hosts=None, agent_path=None, config=None)
+        if self.cipher:
+            options["encryption_algs"] = [self.cipher]
         tunnel = None
         if self.jump is not None:
             tunnel = await asyncssh.connect("127.0.0.1", self.jump[0], username=self.jump[1], **options)
