@@ -236,6 +236,7 @@ class ChunkWriter:
         # Per direction, so a multibyte character split across reads (or chunks) survives.
         self._decoders = {code: codecs.getincrementaldecoder("utf-8")(errors="replace") for code in "oi"}
         self._uncached = 0  # bytes at the start of the file already dropped from the page cache
+        self._advised = 0  # bytes at the start of the file (whole pages) whose write-back has been started
         self._sync_failures_seen = self._group_sync.failures  # syncs that failed before this file was open
         self._sync_mark: tuple[int, int] | None = None  # (file size, GroupSync.started) after a write
         # Set by a failed append or finish: a job queued behind the failed one must not write after it and
@@ -262,9 +263,8 @@ class ChunkWriter:
             self._failed = True
             raise
         if records:
-            start = self._size
             self._seq, self._prev_hash, self._size = seq, prev_hash, self._size + written
-            self._release_page_cache(start)
+            self._release_page_cache()
         return self.state
 
     def finish(self, events: list[Event], *, duration: float, end_reason: str, closed_at: str) -> WriteState:
@@ -314,22 +314,29 @@ class ChunkWriter:
         if self._failed:
             raise OSError(errno.EIO, "an earlier write of this recording failed")
 
-    def _release_page_cache(self, start: int) -> None:
+    def _release_page_cache(self) -> None:
         """Let the kernel reuse the page cache of this recording once its bytes are on their way to disk.
 
         A recording is written once and read rarely (replay, indexing), so keeping it cached only makes
         the page cache grow; a growing cache takes fresh pages, and on a VM each fresh page can cost a
         host fault: measured here, 0.4-2.4 ms per MiB written, against 0.3 ms when pages are reused.
         POSIX_FADV_DONTNEED starts write-back of dirty pages and drops clean ones, never dirty ones.
+
+        Only pages the writes have filled are advised: an interactive session's job is a few hundred
+        bytes, and advising its partial page started one write-back per job per session (the page then
+        written again by the next job) and doubled the sealer's CPU per job (69 against 32 µs).
         """
+        filled = self._size & ~(PAGE_SIZE - 1)
         try:
-            # The bytes just written: start their write-back now, so the next sync finds little to do.
-            os.posix_fadvise(self._fd, start, self._size - start, os.POSIX_FADV_DONTNEED)
-            # The bytes written just before: mostly written back by now, so dropped at once and reused by
-            # the next write. Whatever is still dirty stays, and goes once a sync covers it (below).
-            low = max(self._uncached, start - RECENT_BYTES) & ~(PAGE_SIZE - 1)
-            if start > low:
-                os.posix_fadvise(self._fd, low, start - low, os.POSIX_FADV_DONTNEED)
+            if filled > self._advised:
+                # The pages just filled: start their write-back now, so the next sync finds little to do.
+                os.posix_fadvise(self._fd, self._advised, filled - self._advised, os.POSIX_FADV_DONTNEED)
+                # The pages filled just before: mostly written back by now, so dropped at once and reused by
+                # the next write. Whatever is still dirty stays, and goes once a sync covers it (below).
+                low = max(self._uncached, self._advised - RECENT_BYTES) & ~(PAGE_SIZE - 1)
+                if self._advised > low:
+                    os.posix_fadvise(self._fd, low, self._advised - low, os.POSIX_FADV_DONTNEED)
+                self._advised = filled
             self._drop_synced_pages()
         except OSError:
             pass  # advice only: the bytes are written either way

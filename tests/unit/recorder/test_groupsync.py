@@ -199,14 +199,17 @@ def test_each_write_starts_its_write_back_and_drops_what_came_before_and_what_a_
         chunk.append(noise)
         return start, chunk.state.size, list(calls)
 
-    spans = []
+    spans, filled = [], 0
     for _ in range(4):
         start, end, made = append()
         spans.append((start, end))
-        assert made[0] == (start, end - start)  # write-back of exactly the new bytes starts at once
+        # Write-back starts at once for exactly the pages filled since the last write (the partial last
+        # page waits until it is full).
+        assert made[0] == (filled, (end & ~(page - 1)) - filled)
         for offset, length in made[1:]:
-            assert offset % page == 0 and offset + length <= start  # a drop never reaches the new bytes
-            assert offset >= start - 64 * 1024 - page  # ...nor further back than RECENT_BYTES
+            assert offset % page == 0 and offset + length <= filled  # a drop never reaches the new pages
+            assert offset >= filled - 64 * 1024 - page  # ...nor further back than RECENT_BYTES
+        filled = end & ~(page - 1)
     start, end, made = append()
     assert (0, 0) not in made and all(offset + length <= start for offset, length in made[1:])
     time.now += 2  # a sync is due: this write syncs it, and what the sync covers is dropped from 0 on,
@@ -216,3 +219,26 @@ def test_each_write_starts_its_write_back_and_drops_what_came_before_and_what_a_
     assert all(offset >= spans[0][1] & ~(page - 1) for offset, _ in made[1:])  # never again from 0
     chunk.finish([], duration=1.0, end_reason="exited", closed_at="now")
     assert calls[-1] == (0, 0)  # sealed and fsynced: the whole file
+
+
+def test_small_writes_leave_their_partial_page_alone_until_it_is_full(monkeypatch, tmp_path):
+    # An interactive session's job is a few hundred bytes; advising its partial page started a write-back
+    # per job (the page then written again by the next job) and doubled the sealer's CPU per job.
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(writer.os, "posix_fadvise", lambda fd, offset, length, advice: calls.append((offset, length)))
+    page = writer.PAGE_SIZE
+    fd = os.open(tmp_path / "r.bcast", os.O_CREAT | os.O_WRONLY, 0o600)
+    chunk = writer.ChunkWriter(fd, "s", os.urandom(32), b"P" * 10, b'{"version": 2}\n', 4096,
+                               Ed25519PrivateKey.generate(), group_sync=writer.GroupSync(lambda: 3600.0))
+    sizes, advised = [], []  # file size and advice calls so far, after each write
+    while chunk.state.size < 3 * page:
+        chunk.append([(0.5, "o", b"ls -l\r\n")])
+        sizes.append(chunk.state.size)
+        advised.append(len(calls))
+    first_full = next(n for n, size in enumerate(sizes) if size >= page)
+    assert first_full > 5 and advised[first_full - 1] == 0  # many writes, no advice before a page filled
+    # Then advice only for filled pages, each ending on a page boundary: never the page still being written.
+    assert calls[0] == (0, page)
+    assert all((offset + length) % page == 0 for offset, length in calls), calls
+    assert len(calls) <= 2 * (sizes[-1] // page)  # per page filled: its write-back, and the drop before it
+    chunk.finish([], duration=1.0, end_reason="exited", closed_at="now")
