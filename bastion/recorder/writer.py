@@ -304,6 +304,8 @@ class ChunkWriter:
                 self._size += len(manifest)
             except OSError:
                 os.ftruncate(self._fd, self._size)  # leave no partial record behind
+            else:
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)  # all on disk now, as after finish
         except OSError:
             pass  # the file stays verifiable up to its last whole chunk; the caller has the reason
         finally:
@@ -331,12 +333,12 @@ class ChunkWriter:
             if filled > self._advised:
                 # The pages just filled: start their write-back now, so the next sync finds little to do.
                 os.posix_fadvise(self._fd, self._advised, filled - self._advised, os.POSIX_FADV_DONTNEED)
+                before, self._advised = self._advised, filled
                 # The pages filled just before: mostly written back by now, so dropped at once and reused by
                 # the next write. Whatever is still dirty stays, and goes once a sync covers it (below).
-                low = max(self._uncached, self._advised - RECENT_BYTES) & ~(PAGE_SIZE - 1)
-                if self._advised > low:
-                    os.posix_fadvise(self._fd, low, self._advised - low, os.POSIX_FADV_DONTNEED)
-                self._advised = filled
+                low = max(self._uncached, before - RECENT_BYTES) & ~(PAGE_SIZE - 1)
+                if before > low:
+                    os.posix_fadvise(self._fd, low, before - low, os.POSIX_FADV_DONTNEED)
             self._drop_synced_pages()
         except OSError:
             pass  # advice only: the bytes are written either way

@@ -49,7 +49,9 @@ class SftpFilter:
 
     `from_user` returns (bytes for the target, bytes answered locally to the user);
     `from_target` returns the bytes for the user. Completed transfers go to `on_transfer`
-    and refused operations to `on_denied`.
+    and refused operations to `on_denied`. Whole packets only go on, so what stays pending is at most
+    one packet (`_bodies` refuses a length over MAX_PACKET). After an SftpProtocolError the filter is
+    done: the channel is closed.
     """
 
     may_read: bool
@@ -82,7 +84,7 @@ class SftpFilter:
     def _source(pending: bytearray, data: bytes) -> bytes | bytearray:
         """The bytes to parse: `data` itself while nothing is pending (no copy), else the pending buffer."""
         if not pending:
-            return data
+            return data if type(data) is bytes else bytes(data)  # what goes on is always bytes of its own
         pending += data
         return pending
 
@@ -122,8 +124,6 @@ class SftpFilter:
             if reply is not None:
                 answer += reply
                 changed.append((start - 4, stop, b""))
-        if len(source) - end > MAX_PACKET + 4:  # what stays pending: never more than one packet
-            raise SftpProtocolError("sftp packet too large")
         forward = self._release(self._up, source, end)
         if changed:
             pieces, done = [], 0

@@ -242,3 +242,15 @@ def test_small_writes_leave_their_partial_page_alone_until_it_is_full(monkeypatc
     assert all((offset + length) % page == 0 for offset, length in calls), calls
     assert len(calls) <= 2 * (sizes[-1] // page)  # per page filled: its write-back, and the drop before it
     chunk.finish([], duration=1.0, end_reason="exited", closed_at="now")
+
+
+def test_an_abandoned_recording_leaves_the_page_cache_as_a_sealed_one_does(monkeypatch, tmp_path):
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(writer.os, "posix_fadvise", lambda fd, offset, length, advice: calls.append((offset, length)))
+    fd = os.open(tmp_path / "r.bcast", os.O_CREAT | os.O_WRONLY, 0o600)
+    chunk = writer.ChunkWriter(fd, "s", os.urandom(32), b"P" * 10, b'{"version": 2}\n', 4096,
+                               Ed25519PrivateKey.generate(), group_sync=writer.GroupSync(lambda: 3600.0))
+    chunk.append([(0.5, "o", b"x" * 100)])
+    calls.clear()
+    chunk.abandon(duration=1.0, end_reason="storage failed", closed_at="now")
+    assert calls == [(0, 0)] and not chunk.is_open

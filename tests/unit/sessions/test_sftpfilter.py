@@ -220,3 +220,5 @@ def test_whole_replies_pass_without_a_copy():
     upload, _ = make()
     write = packet(f.FXP_WRITE, u32(3), s(b"H"), struct.pack(">Q", 0), s(b"u" * 4096))
     assert upload.from_user(write)[0] is write
+    handed_on = upload.from_user(bytearray(write))[0]  # a caller's mutable buffer is never passed on
+    assert type(handed_on) is bytes and handed_on == write
