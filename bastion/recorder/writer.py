@@ -176,24 +176,16 @@ _NOT_CONTROL = bytes(range(0x20, 0x100))
 
 
 def _whole_characters(data: bytes) -> tuple[bytes, bytes] | None:
-    """`data` as whole UTF-8 characters and the start of one more (at most 3 bytes, split off by the
-    read), or None if it is not UTF-8 (an invalid byte, an overlong or surrogate form)."""
+    """`data` as whole UTF-8 characters and the start of one more that a read split off (at most 3 bytes,
+    held exactly as the incremental decoder holds it), or None if it is not UTF-8 (an invalid byte, an
+    overlong form, an encoded surrogate)."""
     if data.isascii():
         return data, b""
-    cut = len(data)
-    for back in range(1, min(3, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 != 0x80:  # the last lead byte (or ASCII): is its character all there?
-            if byte >= 0xC0 and back < (2 if byte < 0xE0 else 3 if byte < 0xF0 else 4):
-                cut -= back
-            break
-    whole, rest = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
     try:
-        whole.decode("utf-8")
-        codecs.utf_8_decode(rest, "strict", False)  # a valid start of a character, or an error
+        _, whole = codecs.utf_8_decode(data, "strict", False)  # the decoder's own rule for a split character
     except UnicodeDecodeError:
         return None
-    return whole, rest
+    return (data, b"") if whole == len(data) else (data[:whole], data[whole:])
 
 
 def _text_line(time: float, code: str, data: bytes) -> bytes:
