@@ -105,9 +105,15 @@ def _listen(value: Any) -> str:
     return value
 
 
-def _cidr_list(value: Any) -> tuple[str, ...]:
+def _comma_list(value: Any) -> Any:
+    """A list setting as given: a TOML list as it is, an environment string split at its commas."""
     if isinstance(value, str):
-        value = [part.strip() for part in value.split(",") if part.strip()]
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _cidr_list(value: Any) -> tuple[str, ...]:
+    value = _comma_list(value)
     if not isinstance(value, (list, tuple)):
         raise ValueError("must be a list of addresses or networks")
     for item in value:
@@ -119,8 +125,7 @@ def _cidr_list(value: Any) -> tuple[str, ...]:
 
 
 def _cipher_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [part.strip() for part in value.split(",") if part.strip()]
+    value = _comma_list(value)
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError("must be a non-empty list of cipher names")
     chosen: list[str] = []

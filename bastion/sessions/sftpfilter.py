@@ -150,6 +150,7 @@ class SftpFilter:
     # requests --------------------------------------------------------------------------------------------
 
     def _check_request(self, packet: bytes) -> bytes | None:
+        """Any request but WRITE (from_user checks that one where it lies, with `_check_write`)."""
         kind = packet[0]
         if kind == FXP_INIT:
             return None  # the version is pinned by from_user
@@ -164,8 +165,6 @@ class SftpFilter:
                 return self._deny(request_id, "read", self._path_of(handle))
             self._remember(self._reads, request_id, handle)
             return None
-        if kind == FXP_WRITE:
-            return self._check_write(packet, 0, len(packet))
         if kind == FXP_CLOSE:
             handle, _ = _string(packet, 5)
             state = self._handles.pop(handle, None)

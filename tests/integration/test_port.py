@@ -118,8 +118,7 @@ def test_ssh_ciphers_narrows_what_the_port_offers_and_a_stock_client_gets_aes_gc
     gateway = GatewayProcess(testbed.data_dir, env={"BASTION_SSH_CIPHERS": AES_GCM_ONLY}).start()
     try:
         offered = [entry["algorithm"] for entry in ssh_audit(gateway.port)["enc"]]
-        stock = ssh(gateway.port, alice, f"{alice.name}:web01", "echo through",
-                extra=["-o", "LogLevel=DEBUG1"])
+        stock = ssh(gateway.port, alice, f"{alice.name}:web01", "echo through", extra=["-o", "LogLevel=DEBUG1"])
         insisting = ssh(gateway.port, alice, f"{alice.name}:web01", "echo through",
                         extra=["-c", "chacha20-poly1305@openssh.com", "-o", "LogLevel=INFO"])
     finally:

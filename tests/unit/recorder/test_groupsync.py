@@ -221,15 +221,21 @@ def test_each_write_starts_its_write_back_and_drops_what_came_before_and_what_a_
     assert calls[-1] == (0, 0)  # sealed and fsynced: the whole file
 
 
-def test_small_writes_leave_their_partial_page_alone_until_it_is_full(monkeypatch, tmp_path):
-    # An interactive session's job is a few hundred bytes; advising its partial page started a write-back
-    # per job (the page then written again by the next job) and doubled the sealer's CPU per job.
+def _advice_and_writer(monkeypatch, tmp_path) -> tuple[list[tuple[int, int]], writer.ChunkWriter]:
+    """The (offset, length) of every fadvise call, and a writer whose sync never falls due."""
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(writer.os, "posix_fadvise", lambda fd, offset, length, advice: calls.append((offset, length)))
-    page = writer.PAGE_SIZE
     fd = os.open(tmp_path / "r.bcast", os.O_CREAT | os.O_WRONLY, 0o600)
     chunk = writer.ChunkWriter(fd, "s", os.urandom(32), b"P" * 10, b'{"version": 2}\n', 4096,
                                Ed25519PrivateKey.generate(), group_sync=writer.GroupSync(lambda: 3600.0))
+    return calls, chunk
+
+
+def test_small_writes_leave_their_partial_page_alone_until_it_is_full(monkeypatch, tmp_path):
+    # An interactive session's job is a few hundred bytes; advising its partial page started a write-back
+    # per job (the page then written again by the next job) and doubled the sealer's CPU per job.
+    calls, chunk = _advice_and_writer(monkeypatch, tmp_path)
+    page = writer.PAGE_SIZE
     sizes, advised = [], []  # file size and advice calls so far, after each write
     while chunk.state.size < 3 * page:
         chunk.append([(0.5, "o", b"ls -l\r\n")])
@@ -245,11 +251,7 @@ def test_small_writes_leave_their_partial_page_alone_until_it_is_full(monkeypatc
 
 
 def test_an_abandoned_recording_leaves_the_page_cache_as_a_sealed_one_does(monkeypatch, tmp_path):
-    calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(writer.os, "posix_fadvise", lambda fd, offset, length, advice: calls.append((offset, length)))
-    fd = os.open(tmp_path / "r.bcast", os.O_CREAT | os.O_WRONLY, 0o600)
-    chunk = writer.ChunkWriter(fd, "s", os.urandom(32), b"P" * 10, b'{"version": 2}\n', 4096,
-                               Ed25519PrivateKey.generate(), group_sync=writer.GroupSync(lambda: 3600.0))
+    calls, chunk = _advice_and_writer(monkeypatch, tmp_path)
     chunk.append([(0.5, "o", b"x" * 100)])
     calls.clear()
     chunk.abandon(duration=1.0, end_reason="storage failed", closed_at="now")

@@ -4,11 +4,22 @@ any whole UTF-8."""
 from __future__ import annotations
 
 import json
+import os
+from unittest import mock
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings, strategies as st
 
 from bastion.recorder import writer
+
+
+def _chunk_writer(fd: int) -> writer.ChunkWriter:
+    return writer.ChunkWriter(fd, "s", os.urandom(32), b"", b'{"version": 2}\n', 1024, Ed25519PrivateKey.generate())
+
+
+def _no_json_encoder(*args):
+    raise AssertionError("whole UTF-8 went through json.dumps")
 
 
 @settings(max_examples=500, deadline=None)
@@ -48,30 +59,17 @@ def test_whole_characters_are_told_from_split_or_invalid_bytes(data, split):
 
 
 def test_utf8_output_takes_the_bytes_path_not_the_json_encoder(monkeypatch, tmp_path):
-    import os
-
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     fd = os.open(tmp_path / "r", os.O_CREAT | os.O_RDWR, 0o600)
-    chunk = writer.ChunkWriter(fd, "s", os.urandom(32), b"", b'{"version": 2}\n', 1024, Ed25519PrivateKey.generate())
-
-    def generic(*args):
-        raise AssertionError("whole UTF-8 went through json.dumps")
-
-    monkeypatch.setattr(writer, "_line", generic)
+    chunk = _chunk_writer(fd)
+    monkeypatch.setattr(writer, "_line", _no_json_encoder)
     lines = list(chunk._lines([(0.1, "o", "\u250c\u2500 Caf\u00e9 \"M\u00fcller\" \u2500\u2510\r\n".encode())]))
     os.close(fd)
     assert [json.loads(line)[2] for line in lines] == ['\u250c\u2500 Caf\u00e9 "M\u00fcller" \u2500\u2510\r\n']
 
 
 def test_writer_output_mixes_paths_without_losing_a_split_character(tmp_path):
-    import os
-
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = os.urandom(32)
     fd = os.open(tmp_path / "r", os.O_CREAT | os.O_RDWR, 0o600)
-    chunk = writer.ChunkWriter(fd, "s", key, b"", b'{"version": 2}\n', 1024, Ed25519PrivateKey.generate())
+    chunk = _chunk_writer(fd)
     euro = "€".encode()
     # ASCII, then a character split across two reads, then ASCII again with quotes and escapes
     events = [(0.1, "o", b'plain "text"\n'), (0.2, "o", b"price " + euro[:1]), (0.3, "o", euro[1:] + b"!"),
@@ -85,23 +83,14 @@ def test_writer_output_mixes_paths_without_losing_a_split_character(tmp_path):
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(min_size=1, max_size=300), cuts=st.lists(st.integers(0, 1200), max_size=8))
 def test_utf8_split_anywhere_across_reads_is_recorded_whole_without_the_json_encoder(text, cuts):
-    import os
-    from unittest import mock
-
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     data = text.encode("utf-8", "surrogatepass")
     if writer._whole_characters(data) != (data, b""):
         return
     points = sorted({cut % (len(data) + 1) for cut in cuts})
     reads = [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
     fd = os.open("/dev/null", os.O_WRONLY)
-    chunk = writer.ChunkWriter(fd, "s", os.urandom(32), b"", b'{"version": 2}\n', 1024, Ed25519PrivateKey.generate())
-
-    def generic(*args):
-        raise AssertionError("whole UTF-8 went through json.dumps")
-
-    with mock.patch.object(writer, "_line", generic):
+    chunk = _chunk_writer(fd)
+    with mock.patch.object(writer, "_line", _no_json_encoder):
         lines = list(chunk._lines([(0.1 * n, "o", read) for n, read in enumerate(reads)]))
     os.close(fd)
     assert "".join(json.loads(line)[2] for line in lines) == text
@@ -109,12 +98,8 @@ def test_utf8_split_anywhere_across_reads_is_recorded_whole_without_the_json_enc
 
 
 def test_invalid_bytes_after_a_held_start_still_become_replacement_characters(tmp_path):
-    import os
-
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     fd = os.open(tmp_path / "r", os.O_CREAT | os.O_RDWR, 0o600)
-    chunk = writer.ChunkWriter(fd, "s", os.urandom(32), b"", b'{"version": 2}\n', 1024, Ed25519PrivateKey.generate())
+    chunk = _chunk_writer(fd)
     lines = list(chunk._lines([(0.1, "o", b"ab\xed\xa0"), (0.2, "o", b"\x80z \xff!")]))
     os.close(fd)
     assert "".join(json.loads(line)[2] for line in lines) == "ab\ufffd\ufffd\ufffdz \ufffd!"
