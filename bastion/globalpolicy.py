@@ -35,7 +35,7 @@ EDITABLE: dict[str, tuple[str, ...]] = {
                  "policy.recheck_interval"),
     "recording": ("recording.retention_days", "recording.flush_interval", "recording.echo_window"),
     "publishing": ("publish.rows_per_day", "publish.bytes_per_day", "publish.rows_per_page",
-                   "publish.approval_minutes"),
+                   "publish.approval_minutes", "publish.download_minutes"),
 }
 SECTION = {name: section for section, names in EDITABLE.items() for name in names}
 HELP = {setting.name: setting.help for setting in SETTINGS}

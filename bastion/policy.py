@@ -287,6 +287,7 @@ class Policy:
         return strongest(self._default_device_policy, user.device_policy, *group_policies)
 
     async def _dataset_facts(self, identity: Identity, name: str, now: dt.datetime) -> "DatasetFacts":
+        from bastion.publish.copies import open_copies
         from bastion.store.models import DailyUsage, Dataset, DatasetGrant, DownloadRequest
 
         async with self._sessionmaker() as db:
@@ -303,9 +304,11 @@ class Policy:
                 DownloadRequest.user_id == user.id, DownloadRequest.status == "approved",
                 DownloadRequest.grant_id.in_([g.id for g in grants] or [-1])))).scalars().all()
             usage = await db.get(DailyUsage, (user.id, now.astimezone(dt.timezone.utc).strftime("%Y-%m-%d")))
+            copies = await open_copies(db, [g.id for g in grants], user.id, dataset.id, dataset.current_version, now)
         approved = {r.grant_id: r.id for r in requests if r.expires_at is None or now < r.expires_at}
         facts = [DatasetGrantFacts(g.id, g.mode, g.valid_until, g.max_downloads, g.downloads, g.min_level, g.mask,
-                                   g.watermark, g.revoked_at is not None, approved.get(g.id)) for g in grants]
+                                   g.watermark, g.revoked_at is not None, approved.get(g.id), copies.get(g.id))
+                 for g in grants]
         return DatasetFacts(user.status == "active",
                             DatasetRef(dataset.id, dataset.name, dataset.classification, dataset.current_version),
                             dataset.published, dataset.publish_from, dataset.publish_until,
@@ -391,6 +394,7 @@ class DatasetAuthorization:
     watermark: bool
     request_id: int | None      # the approved download request this download uses up, if any
     decided_at: dt.datetime
+    copy_id: int | None = None  # an open download copy this download may join instead of counting a new one
     _mint: object = field(init=False, repr=False, compare=False, default=None)
 
     @property
@@ -415,6 +419,9 @@ class DatasetGrantFacts:
     watermark: bool
     revoked: bool
     approved_request: int | None = None  # an approved, unexpired, unused download request under this grant
+    # A download already counted under this grant for this user: the current version, unexpired, with files
+    # of it not yet served. Its remaining files are part of that download, whatever the quota or approval says now.
+    open_copy: int | None = None
 
 
 @dataclass(frozen=True)
@@ -468,9 +475,10 @@ def decide_dataset(identity: Identity, facts: DatasetFacts, action: str, now: dt
         return Deny("not published" if facts.dataset is not None else "no such dataset")
     current = _current_dataset_grants(facts, now)
     if action == "download":
-        left = [g for g in current if g.max_downloads is None or g.downloads < g.max_downloads]
-        usable = [g for g in left if g.mode == "download"
-                  or (g.mode == "download-with-approval" and g.approved_request is not None)]
+        left = [g for g in current
+                if g.max_downloads is None or g.downloads < g.max_downloads or g.open_copy is not None]
+        usable = [g for g in left if g.mode == "download" or (
+            g.mode == "download-with-approval" and (g.approved_request is not None or g.open_copy is not None))]
         if not usable and current:
             return Deny("no usable download grant (quota used, or approval needed)")
         if facts.bytes_per_day and facts.bytes_today >= facts.bytes_per_day:
@@ -489,12 +497,14 @@ def decide_dataset(identity: Identity, facts: DatasetFacts, action: str, now: dt
     if not reachable:
         return StepUp(min(level for level, _ in demands))
     # Of the grants the identity qualifies for, the least masked one decides how the data is shown; a
-    # download uses a plain download grant before it spends a one-time approval.
+    # download joins one already counted before it counts another, and uses a plain download grant before
+    # it spends a one-time approval.
     level, grant = min(reachable, key=lambda item: (item[1].mask != "none",
+                                                     action == "download" and item[1].open_copy is None,
                                                      action == "download" and item[1].mode != "download",
                                                      item[1].watermark, item[1].id))
     return AllowDataset(_minted(DatasetAuthorization(
         identity=identity, dataset=facts.dataset, action=action, grant_id=grant.id, mask=grant.mask,
         watermark=grant.watermark, request_id=grant.approved_request if grant.mode == "download-with-approval" else None,
-        decided_at=now)))
+        decided_at=now, copy_id=grant.open_copy if action == "download" else None)))
 

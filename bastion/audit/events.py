@@ -290,6 +290,7 @@ class DatasetDownload(Event):
     request_id: int | None = None
     download_id: str = ""
     downloads: int = 0
+    copy_id: int = 0  # the counted download (one copy of the version) this file is served under
     level: int = 0
 
 

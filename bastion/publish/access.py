@@ -18,12 +18,13 @@ from time import monotonic
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bastion.audit.events import DatasetDownload, DatasetDownloadStopped, DatasetView, QuotaExceeded
 from bastion.errors import UsageError
 from bastion.policy import DatasetAuthorization, require_minted
-from bastion.publish import render
+from bastion.publish import copies, render
 from bastion.publish.blobs import BlobReader, BlobStore, in_thread
 from bastion.publish.errors import BlobError, Refused, RenderError
 from bastion.publish.paths import check_relpath
@@ -407,6 +408,47 @@ class DownloadStream:
         await self.aclose()
 
 
+async def _count(db: AsyncSession, services: Any, authorization: DatasetAuthorization, user: User,
+                 file: DatasetFile, now: dt.datetime) -> tuple[int, int]:
+    """Serve `file` as part of a download already counted (the open copy the policy named, if this file is
+    not yet served under it), or count a new one against the grant and its approval. Returns the grant's
+    download count and the copy's id; raises Refused (nothing written) when neither is possible."""
+    if authorization.copy_id is not None and await copies.join(
+            db, authorization.copy_id, authorization.grant_id, user.id, authorization.dataset.version, file.id, now):
+        grant = await db.get(DatasetGrant, authorization.grant_id)
+        return grant.downloads, authorization.copy_id
+    counted = (await db.execute(
+        update(DatasetGrant)
+        .where(DatasetGrant.id == authorization.grant_id, DatasetGrant.revoked_at.is_(None),
+               DatasetGrant.mode.in_(("download", "download-with-approval")),
+               or_(DatasetGrant.valid_until.is_(None), DatasetGrant.valid_until > now),
+               or_(DatasetGrant.max_downloads.is_(None),
+                   DatasetGrant.downloads < DatasetGrant.max_downloads))
+        .values(downloads=DatasetGrant.downloads + 1)
+        .returning(DatasetGrant.downloads, DatasetGrant.mode)
+        .execution_options(synchronize_session=False))).first()
+    if counted is None:
+        raise Refused("download limit of the grant used up, or grant not for downloads")
+    downloads, mode = counted
+    request_id = None
+    if mode == "download-with-approval":
+        if authorization.request_id is None:
+            raise Refused("approval needed")
+        used = await db.execute(
+            update(DownloadRequest)
+            .where(DownloadRequest.id == authorization.request_id,
+                   DownloadRequest.grant_id == authorization.grant_id,
+                   DownloadRequest.user_id == user.id, DownloadRequest.status == "approved",
+                   or_(DownloadRequest.expires_at.is_(None), DownloadRequest.expires_at > now))
+            .values(status="used").execution_options(synchronize_session=False))
+        if used.rowcount != 1:
+            raise Refused("approval missing, expired or already used")
+        request_id = authorization.request_id
+    copy_id = await copies.open_copy(db, authorization.grant_id, user.id, authorization.dataset.version, request_id,
+                                     file.id, now, services.config["publish.download_minutes"])
+    return downloads, copy_id
+
+
 async def download(services: Any, authorization: DatasetAuthorization,
                    path: str | None = None) -> tuple[DownloadStream, int, str]:
     """Count the download (grant, approval, daily bytes), audit it, then hand out the plaintext stream.
@@ -429,31 +471,7 @@ async def download(services: Any, authorization: DatasetAuthorization,
         try:
             async with services.db() as db, db.begin():
                 await _current(db, authorization, now)
-                counted = (await db.execute(
-                    update(DatasetGrant)
-                    .where(DatasetGrant.id == authorization.grant_id, DatasetGrant.revoked_at.is_(None),
-                           DatasetGrant.mode.in_(("download", "download-with-approval")),
-                           or_(DatasetGrant.valid_until.is_(None), DatasetGrant.valid_until > now),
-                           or_(DatasetGrant.max_downloads.is_(None),
-                               DatasetGrant.downloads < DatasetGrant.max_downloads))
-                    .values(downloads=DatasetGrant.downloads + 1)
-                    .returning(DatasetGrant.downloads, DatasetGrant.mode)
-                    .execution_options(synchronize_session=False))).first()
-                if counted is None:
-                    raise Refused("download limit of the grant used up, or grant not for downloads")
-                downloads, mode = counted
-                if mode == "download-with-approval":
-                    if authorization.request_id is None:
-                        raise Refused("approval needed")
-                    used = await db.execute(
-                        update(DownloadRequest)
-                        .where(DownloadRequest.id == authorization.request_id,
-                               DownloadRequest.grant_id == authorization.grant_id,
-                               DownloadRequest.user_id == user.id, DownloadRequest.status == "approved",
-                               or_(DownloadRequest.expires_at.is_(None), DownloadRequest.expires_at > now))
-                        .values(status="used").execution_options(synchronize_session=False))
-                    if used.rowcount != 1:
-                        raise Refused("approval missing, expired or already used")
+                downloads, copy_id = await _count(db, services, authorization, user, file, now)
                 granted, _ = await _charge(db, user.id, day, "bytes_downloaded", file.size, limit, partial=False)
                 if granted != file.size:
                     raise _OverQuota("bytes", limit, file.size)
@@ -461,13 +479,15 @@ async def download(services: Any, authorization: DatasetAuthorization,
             await _alert(services, authorization, "bytes", limit,
                          await _usage(services, user.id, day, "bytes_downloaded"), over.requested, day, "refused")
             raise Refused("daily download limit reached") from None
+        except IntegrityError:  # the same file taken twice at once under one copy: the other one won
+            raise Refused("file already served under this download") from None
         download_id = secrets.token_hex(4)
         identity = authorization.identity
         await services.audit.emit(DatasetDownload(
             actor=identity.name, source=identity.source_addr, target=dataset.name, dataset=dataset.name,
             version=dataset.current_version, path=file.path, size=file.size, sha256=file.sha256,
             grant_id=authorization.grant_id, request_id=authorization.request_id, download_id=download_id,
-            downloads=downloads, level=identity.level))
+            downloads=downloads, copy_id=copy_id, level=identity.level))
         if limit and file.size and await _usage(services, user.id, day, "bytes_downloaded") >= limit:
             await _alert(services, authorization, "bytes", limit, limit, file.size, day, "reached")
     except BaseException:

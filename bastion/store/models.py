@@ -317,6 +317,30 @@ class DownloadRequest(Base):
     expires_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime, nullable=True)
 
 
+class DownloadCopy(Base):
+    """One counted download of a dataset by a user: one copy of one version, each file at most once, every
+    file started before `expires_at` (publish.download_minutes after the first)."""
+
+    __tablename__ = "download_copies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    grant_id: Mapped[int] = mapped_column(ForeignKey("dataset_grants.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)  # the approval it used, if any
+    opened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class DownloadCopyFile(Base):
+    """A file already served under a copy (the key makes a second serving of it under that copy impossible)."""
+
+    __tablename__ = "download_copy_files"
+
+    copy_id: Mapped[int] = mapped_column(ForeignKey("download_copies.id", ondelete="CASCADE"), primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("dataset_files.id", ondelete="CASCADE"), primary_key=True)
+
+
 class DailyUsage(Base):
     """Per-user, per-day counters for the bulk limits (rows viewed, bytes downloaded)."""
 

@@ -137,6 +137,30 @@ def test_download_lists_only_downloadable_and_bytes_match_with_audit(testbed, tm
     assert downloads == 2
 
 
+def test_one_approval_fetches_the_whole_dataset_once_with_sftp_get_r(testbed, tmp_path):
+    """A dataset of several files under download-with-approval: `get -r` takes every file on one approval; the
+    files are then gone from the listing, and a file again needs a new approval."""
+    alice = user(testbed)
+    files = {"a.csv": b"id,amount\n1,10\n", "notes/b.txt": os.urandom(70_000), "notes/deep/c.bin": b"\0" * 5}
+    name, _ = dataset(testbed, tmp_path, files=files)
+    grant(testbed, name, alice, "download-with-approval")
+    assert ls_root(testbed, alice) == []                                  # nothing until approved
+    request = run_catalog(testbed, "request_download", alice.name, name)
+    run_catalog(testbed, "decide", request["id"], True, "quarterly audit")
+    local = tmp_path / "copy"
+    result = sftp(testbed.port, alice, f"{alice.name}#datasets", f'get -r "/{name}" "{local}"\n')
+    assert result.returncode == 0, result.stderr
+    assert {str(p.relative_to(local)): p.read_bytes() for p in local.rglob("*") if p.is_file()} == files
+    events = wait_for_audit(testbed, "dataset.download", alice.name, until=lambda ev: len(ev) >= len(files))
+    assert sorted(e["details"]["path"] for e in events) == sorted(files)
+    assert len({e["details"]["copy_id"] for e in events}) == 1 and {e["details"]["downloads"] for e in events} == {1}
+    assert ls_root(testbed, alice) == []
+    again = get(testbed, alice, f"/{name}/a.csv", tmp_path / "again.csv")
+    assert again.returncode != 0 and not (tmp_path / "again.csv").exists()
+    assert [r["status"] for r in run_catalog(testbed, "requests")
+            if r["id"] == request["id"]] == ["used"]
+
+
 async def _scalar(session, query):
     return (await session.execute(query)).scalar_one()
 

@@ -119,8 +119,9 @@ REPORT = DatasetRef(7, "q3-report", "confidential", 1)
 
 
 def dgrant(gid=1, mode="view", until=None, max_downloads=None, downloads=0, level=None, mask="none",
-           watermark=True, revoked=False, approved=None):
-    return DatasetGrantFacts(gid, mode, until, max_downloads, downloads, level, mask, watermark, revoked, approved)
+           watermark=True, revoked=False, approved=None, open_copy=None):
+    return DatasetGrantFacts(gid, mode, until, max_downloads, downloads, level, mask, watermark, revoked, approved,
+                             open_copy)
 
 
 def dfacts(grants, published=True, window=(None, None), level=1, rows=0, bytes_=0, caps=(100, 1000)):
@@ -213,6 +214,33 @@ def test_a_download_spends_a_plain_grant_before_an_approval():
                                             dgrant(2, mode="download", max_downloads=1, downloads=1)]),
                              "download", NOW)
     assert used_up.authorization.grant_id == 1 and used_up.authorization.request_id == 9
+
+
+def test_an_open_copy_carries_the_rest_of_a_download_past_its_quota_and_used_approval():
+    used_up = decide_dataset(ALICE, dfacts([dgrant(mode="download", max_downloads=1, downloads=1, open_copy=4)]),
+                             "download", NOW)
+    assert isinstance(used_up, AllowDataset) and used_up.authorization.copy_id == 4
+    approval_used = decide_dataset(ALICE, dfacts([dgrant(mode="download-with-approval", downloads=1, open_copy=6)]),
+                                   "download", NOW)
+    assert isinstance(approval_used, AllowDataset)
+    assert (approval_used.authorization.copy_id, approval_used.authorization.request_id) == (6, None)
+    # It joins the copy already counted before it counts under a plain grant or spends an approval.
+    joined = decide_dataset(ALICE, dfacts([dgrant(1, mode="download"), dgrant(2, mode="download-with-approval",
+                                                                              approved=9, open_copy=3)]),
+                            "download", NOW)
+    assert (joined.authorization.grant_id, joined.authorization.copy_id) == (2, 3)
+    # It opens nothing else: no view of an approval-gated grant, no copy id outside downloads, and every other
+    # refusal (level, revocation, daily bytes) still stands.
+    assert isinstance(decide_dataset(ALICE, dfacts([dgrant(mode="download-with-approval", open_copy=6)]), "view",
+                                     NOW), Deny)
+    assert decide_dataset(ALICE, dfacts([dgrant(mode="download", open_copy=4)]), "view", NOW).authorization.copy_id \
+        is None
+    assert decide_dataset(ALICE, dfacts([dgrant(mode="download", level=3, open_copy=4)]), "download", NOW) == StepUp(3)
+    for grant, bytes_ in ((dgrant(mode="download", revoked=True, open_copy=4), 0),
+                          (dgrant(mode="download", until=NOW, open_copy=4), 0),
+                          (dgrant(mode="view", open_copy=4), 0),
+                          (dgrant(mode="download", open_copy=4), 1000)):
+        assert isinstance(decide_dataset(ALICE, dfacts([grant], bytes_=bytes_), "download", NOW), Deny)
 
 
 def test_limits_apply_only_to_their_own_action():

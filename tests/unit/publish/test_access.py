@@ -20,7 +20,8 @@ from bastion.policy import AllowDataset, DatasetAuthorization, DatasetFacts, Dat
 from bastion.publish import access
 from bastion.publish.catalog import Catalog
 from bastion.publish.errors import NO_SUCH_DATASET, Refused, RenderError
-from bastion.store.models import AuditEvent, DailyUsage, Dataset, DatasetGrant, DownloadRequest, User
+from bastion.store.models import (AuditEvent, DailyUsage, Dataset, DatasetGrant, DownloadCopy, DownloadCopyFile,
+                                  DownloadRequest, User)
 
 from .conftest import audit_events, authorize
 
@@ -47,7 +48,11 @@ async def snapshot(services) -> dict:
                  for u in (await db.execute(select(DailyUsage).order_by(DailyUsage.user_id))).scalars()]
         events = [e.type for e in (await db.execute(select(AuditEvent).order_by(AuditEvent.seq))).scalars()
                   if not e.type.startswith("alert.")]
-    return {"grants": grants, "requests": requests, "usage": usage, "events": events}
+        copies = [(c.id, c.grant_id, c.user_id, c.version) for c in (await db.execute(select(DownloadCopy)
+                                                                                        .order_by(DownloadCopy.id))).scalars()]
+        served = sorted((f.copy_id, f.file_id) for f in (await db.execute(select(DownloadCopyFile))).scalars())
+    return {"grants": grants, "requests": requests, "usage": usage, "events": events, "copies": copies,
+            "served": served}
 
 
 async def refused(services, call) -> Refused:
@@ -295,6 +300,145 @@ async def test_a_plain_download_grant_is_used_before_an_approval(world):
     await catalog.decide(request["id"], True, "ok")
     auth = await authorize(services, await identity_for(services, "alice"), "ds", "download")
     assert auth.grant_id == plain["id"] and auth.request_id is None
+
+
+# --- a download of a dataset of several files -------------------------------------------------------------
+
+FOLDER = {"a.csv": CSV, "b.txt": b"second file\n", "sub/c.csv": b"id\n1\n"}
+
+
+@pytest.fixture
+async def folder(world, tmp_path):
+    root = tmp_path / "folder"
+    for path, data in FOLDER.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    await world.catalog.add("multi", root)
+    await world.catalog.publish("multi")
+    return root
+
+
+async def fetch(services, identity, path) -> tuple[bytes, int]:
+    """Ask the policy, download `path` of `multi`, read it whole; returns the bytes and the copy it counted in."""
+    stream, _, _ = await access.download(services, await authorize(services, identity, "multi", "download"), path)
+    data = await read_all(stream)
+    [*_, event] = await audit_events(services.db, "dataset.download")
+    assert event.details["path"] == path
+    return data, event.details["copy_id"]
+
+
+async def grant_downloads(services, grant_id) -> int:
+    async with services.db() as db:
+        return (await db.get(DatasetGrant, grant_id)).downloads
+
+
+async def test_one_counted_download_serves_each_file_of_the_dataset_once(world, folder):
+    services, catalog = world, world.catalog
+    grant = await catalog.grant("multi", user="alice", mode="download", max_downloads=1)
+    alice = await identity_for(services, "alice")
+    served = {path: await fetch(services, alice, path) for path in FOLDER}
+    assert {path: data for path, (data, _) in served.items()} == FOLDER
+    assert len({copy_id for _, copy_id in served.values()}) == 1          # one copy, counted once
+    assert await grant_downloads(services, grant["id"]) == 1
+    assert [e.details["downloads"] for e in await audit_events(services.db, "dataset.download")] == [1, 1, 1]
+    # The copy is whole: a file again is a second download, which the grant no longer has.
+    auth = await mint(alice, services, "multi", grant_id=grant["id"])
+    await refused(services, access.download(services, auth, "a.csv"))
+    assert not isinstance(await services.policy.authorize_dataset(alice, "multi", "download", services.clock.now()),
+                          AllowDataset)
+
+
+async def test_a_file_served_twice_counts_a_second_download(world, folder):
+    services, catalog = world, world.catalog
+    grant = await catalog.grant("multi", user="alice", mode="download", max_downloads=2)
+    alice = await identity_for(services, "alice")
+    _, first = await fetch(services, alice, "a.csv")
+    _, second = await fetch(services, alice, "a.csv")
+    _, joined = await fetch(services, alice, "b.txt")
+    assert first != second and joined == second and await grant_downloads(services, grant["id"]) == 2
+
+
+async def test_an_approval_is_one_copy_of_the_whole_dataset(world, folder):
+    services, catalog = world, world.catalog
+    await catalog.grant("multi", user="alice", mode="download-with-approval")
+    alice = await identity_for(services, "alice")
+    request = await catalog.request_download("alice", "multi")
+    await catalog.decide(request["id"], True, "ok")
+    assert (await fetch(services, alice, "sub/c.csv"))[0] == FOLDER["sub/c.csv"]
+    assert (await catalog.requests())[0]["status"] == "used"
+    # The rest of the copy needs no second approval, and the used approval opens no view.
+    assert (await fetch(services, alice, "b.txt"))[0] == FOLDER["b.txt"]
+    assert not isinstance(await services.policy.authorize_dataset(alice, "multi", "view", services.clock.now()),
+                          AllowDataset)
+    auth = await authorize(services, alice, "multi", "download")
+    await refused(services, access.download(services, auth, "b.txt"))   # served already: a new approval needed
+    assert (await fetch(services, alice, "a.csv"))[0] == CSV
+    [copy] = {e.details["copy_id"] for e in await audit_events(services.db, "dataset.download")}
+    async with services.db() as db:
+        assert (await db.get(DownloadCopy, copy)).request_id == request["id"]
+
+
+async def test_a_copy_closes_after_download_minutes_and_with_a_new_version(world, folder):
+    services, catalog = world, world.catalog
+    grant = await catalog.grant("multi", user="alice", mode="download", max_downloads=2)
+    alice = await identity_for(services, "alice")
+    _, first = await fetch(services, alice, "a.csv")
+    services.clock.advance(services.config["publish.download_minutes"] * 60)
+    # Closed: the policy names it no more, and even an authorization that does counts a new download.
+    assert (await authorize(services, alice, "multi", "download")).copy_id is None
+    stream, _, _ = await access.download(
+        services, _with_copy(await authorize(services, alice, "multi", "download"), first), "b.txt")
+    await stream.aclose()
+    [*_, event] = await audit_events(services.db, "dataset.download")
+    second = event.details["copy_id"]
+    assert second != first and await grant_downloads(services, grant["id"]) == 2
+    # A new version closes the copy of the old one at once: its files are not the ones the copy counted.
+    (folder / "sub" / "c.csv").write_bytes(b"id\n2\n")
+    await catalog.update("multi", folder)
+    assert not isinstance(await services.policy.authorize_dataset(alice, "multi", "download", services.clock.now()),
+                          AllowDataset)
+    named = _with_copy(await mint(alice, services, "multi", grant_id=grant["id"]), second)
+    await refused(services, access.download(services, named, "sub/c.csv"))
+
+
+async def test_a_copy_is_joined_only_by_its_own_user_grant_and_version(world, folder):
+    services, catalog = world, world.catalog
+    shared = await catalog.grant("multi", group="analysts", mode="download", max_downloads=1)
+    own = await catalog.grant("multi", user="alice", mode="download-with-approval")  # never approved
+    alice, bob = await identity_for(services, "alice"), await identity_for(services, "bob")
+    _, copy_id = await fetch(services, alice, "a.csv")
+    assert (await authorize(services, alice, "multi", "download")).copy_id == copy_id
+    for auth in (await mint(bob, services, "multi", grant_id=shared["id"]),     # the same grant, another user
+                 await mint(alice, services, "multi", grant_id=own["id"])):     # the same user, another grant
+        await refused(services, access.download(services, _with_copy(auth, copy_id), "b.txt"))
+    # Bob's own decision never names Alice's copy, and the grant they share is used up.
+    assert not isinstance(await services.policy.authorize_dataset(bob, "multi", "download", services.clock.now()),
+                          AllowDataset)
+
+
+def _with_copy(authorization, copy_id):
+    """The authorization as the policy would have minted it naming `copy_id` (the facts lie, the mint is real)."""
+    facts = DatasetFacts(True, authorization.dataset, True, None, None, 1,
+                         [DatasetGrantFacts(authorization.grant_id, "download", None, 0, 0, None, "none", True, False,
+                                            None, copy_id)])
+    decision = decide_dataset(authorization.identity, facts, "download", authorization.decided_at)
+    assert isinstance(decision, AllowDataset) and decision.authorization.copy_id == copy_id
+    return decision.authorization
+
+
+async def test_one_file_taken_twice_at_once_under_a_copy_is_served_once(world, folder):
+    services, catalog = world, world.catalog
+    grant = await catalog.grant("multi", user="alice", mode="download", max_downloads=1)
+    alice = await identity_for(services, "alice")
+    await fetch(services, alice, "a.csv")
+    auths = [await authorize(services, alice, "multi", "download") for _ in range(4)]
+    results = await asyncio.gather(*(access.download(services, a, "b.txt") for a in auths), return_exceptions=True)
+    served = [r for r in results if not isinstance(r, BaseException)]
+    assert len(served) == 1 and all(isinstance(r, Refused) for r in results if isinstance(r, BaseException))
+    for stream, _, _ in served:
+        await stream.aclose()
+    assert await grant_downloads(services, grant["id"]) == 1
+    assert len(await audit_events(services.db, "dataset.download")) == 2
 
 
 async def mint(identity, services, name, *, grant_id=None, grant_mode="download", approved=None, mask="none",
