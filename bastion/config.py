@@ -30,6 +30,14 @@ def _positive_float(value: Any) -> float:
     return number
 
 
+def _minutes(value: Any) -> float:
+    """A positive number of minutes up to a year (a larger one would overflow the dates it is added to)."""
+    number = _positive_float(value)
+    if number > 366 * 24 * 60:
+        raise ValueError("must be at most a year of minutes (527040)")
+    return number
+
+
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("must be an integer")
@@ -244,10 +252,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("publish.bytes_per_day", 10 << 30, "bytes one user may download per day, over all datasets",
             _positive_int),
     Setting("publish.approval_minutes", 15.0, "minutes an approved download-with-approval stays usable",
-            _positive_float),
+            _minutes),
     Setting("publish.download_minutes", 60.0,
             "minutes one counted download of a dataset stays open for the rest of its files (each file once)",
-            _positive_float),
+            _minutes),
     Setting("publish.max_file_bytes", 64 << 30, "largest file a dataset may hold", _positive_int),
     Setting("publish.blob_dir", "", "where encrypted dataset blobs live; empty means <data dir>/blobs",
             _optional_str),

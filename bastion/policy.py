@@ -286,8 +286,16 @@ class Policy:
                 select(GroupPolicy).where(GroupPolicy.name.in_(groups)))).scalars()] if groups else []
         return strongest(self._default_device_policy, user.device_policy, *group_policies)
 
-    async def _dataset_facts(self, identity: Identity, name: str, now: dt.datetime) -> "DatasetFacts":
+    async def _dataset_facts(self, identity: Identity, name: str, now: dt.datetime,
+                             path: str | None = None) -> "DatasetFacts":
         from bastion.publish.copies import open_copies
+        from bastion.publish.paths import check_relpath
+
+        if path is not None:
+            try:
+                path = check_relpath(path)
+            except ValueError:
+                path = None  # no file of any dataset: the download itself refuses it
         from bastion.store.models import DailyUsage, Dataset, DatasetGrant, DownloadRequest
 
         async with self._sessionmaker() as db:
@@ -304,7 +312,8 @@ class Policy:
                 DownloadRequest.user_id == user.id, DownloadRequest.status == "approved",
                 DownloadRequest.grant_id.in_([g.id for g in grants] or [-1])))).scalars().all()
             usage = await db.get(DailyUsage, (user.id, now.astimezone(dt.timezone.utc).strftime("%Y-%m-%d")))
-            copies = await open_copies(db, [g.id for g in grants], user.id, dataset.id, dataset.current_version, now)
+            copies = await open_copies(db, [g.id for g in grants], user.id, dataset.id, dataset.current_version, now,
+                                       path)
         approved = {r.grant_id: r.id for r in requests if r.expires_at is None or now < r.expires_at}
         facts = [DatasetGrantFacts(g.id, g.mode, g.valid_until, g.max_downloads, g.downloads, g.min_level, g.mask,
                                    g.watermark, g.revoked_at is not None, approved.get(g.id), copies.get(g.id))
@@ -316,10 +325,14 @@ class Policy:
                             usage.rows_viewed if usage else 0, usage.bytes_downloaded if usage else 0,
                             self._settings["publish.rows_per_day"], self._settings["publish.bytes_per_day"])
 
-    async def authorize_dataset(self, identity: Identity, name: str, action: str,
-                                now: dt.datetime) -> "AllowDataset | StepUp | Deny":
-        """May this identity view or download dataset `name` now? (Loads the facts, then decides.)"""
-        return decide_dataset(identity, await self._dataset_facts(identity, name, now), action, now)
+    async def authorize_dataset(self, identity: Identity, name: str, action: str, now: dt.datetime,
+                                path: str | None = None) -> "AllowDataset | StepUp | Deny":
+        """May this identity view or download dataset `name` now? (Loads the facts, then decides.)
+
+        A download that names its file (`path`) joins an open copy only if that copy has not served the
+        file yet; otherwise the grant is chosen as for a new download.
+        """
+        return decide_dataset(identity, await self._dataset_facts(identity, name, now, path), action, now)
 
     async def granted_datasets(self, identity: Identity, now: dt.datetime) -> list["GrantedDataset"]:
         """Published datasets this identity holds a current grant for, each with its view and download decision.
@@ -367,6 +380,13 @@ class Policy:
                 memo[key] = decision
         return isinstance(decision, Allow) and isinstance(decide_channel(decision.authorization, channel.action, now),
                                                           AllowChannel)
+
+    async def recheck_datasets_login(self, identity: Identity) -> bool:
+        """Does a live session on the `datasets` login still hold: the user there and active? (What it may
+        fetch is decided afresh for every file it opens, and an open download re-checks its own grant.)"""
+        async with self._sessionmaker() as db:
+            user = await db.get(User, identity.user_id)
+        return user is not None and user.status == "active" and user.name == identity.name
 
 
 # --- datasets ---------------------------------------------------------------------------------------------

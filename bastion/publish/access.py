@@ -18,7 +18,6 @@ from time import monotonic
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bastion.audit.events import DatasetDownload, DatasetDownloadStopped, DatasetView, QuotaExceeded
@@ -408,22 +407,38 @@ class DownloadStream:
         await self.aclose()
 
 
+def _grant_serves_downloads(authorization: DatasetAuthorization, now: dt.datetime) -> tuple:
+    """The grant's row, as long as it is current and for downloads (re-read where it is locked)."""
+    return (DatasetGrant.id == authorization.grant_id, DatasetGrant.revoked_at.is_(None),
+            DatasetGrant.mode.in_(("download", "download-with-approval")),
+            or_(DatasetGrant.valid_until.is_(None), DatasetGrant.valid_until > now))
+
+
 async def _count(db: AsyncSession, services: Any, authorization: DatasetAuthorization, user: User,
-                 file: DatasetFile, now: dt.datetime) -> tuple[int, int]:
+                 file: DatasetFile, now: dt.datetime) -> tuple[int, int, int | None]:
     """Serve `file` as part of a download already counted (the open copy the policy named, if this file is
     not yet served under it), or count a new one against the grant and its approval. Returns the grant's
-    download count and the copy's id; raises Refused (nothing written) when neither is possible."""
-    if authorization.copy_id is not None and await copies.join(
-            db, authorization.copy_id, authorization.grant_id, user.id, authorization.dataset.version, file.id, now):
-        grant = await db.get(DatasetGrant, authorization.grant_id)
-        return grant.downloads, authorization.copy_id
+    download count, the copy's id and the approval it spent; raises Refused (nothing written) when neither
+    is possible.
+
+    Both ways start with a guarded update of the grant's row: a revocation committed since `_current` read
+    it is seen, and the row stays locked to the end of the transaction, so two requests queue there.
+    """
+    if authorization.copy_id is not None:
+        locked = (await db.execute(
+            update(DatasetGrant).where(*_grant_serves_downloads(authorization, now))
+            .values(downloads=DatasetGrant.downloads).returning(DatasetGrant.downloads)
+            .execution_options(synchronize_session=False))).first()
+        if locked is None:
+            raise Refused("grant revoked, expired or not for downloads")
+        copy = await copies.join(db, authorization.copy_id, authorization.grant_id, user.id,
+                                 authorization.dataset.version, file.id, now)
+        if copy is not None:
+            return locked[0], copy.id, copy.request_id
     counted = (await db.execute(
         update(DatasetGrant)
-        .where(DatasetGrant.id == authorization.grant_id, DatasetGrant.revoked_at.is_(None),
-               DatasetGrant.mode.in_(("download", "download-with-approval")),
-               or_(DatasetGrant.valid_until.is_(None), DatasetGrant.valid_until > now),
-               or_(DatasetGrant.max_downloads.is_(None),
-                   DatasetGrant.downloads < DatasetGrant.max_downloads))
+        .where(*_grant_serves_downloads(authorization, now),
+               or_(DatasetGrant.max_downloads.is_(None), DatasetGrant.downloads < DatasetGrant.max_downloads))
         .values(downloads=DatasetGrant.downloads + 1)
         .returning(DatasetGrant.downloads, DatasetGrant.mode)
         .execution_options(synchronize_session=False))).first()
@@ -446,7 +461,7 @@ async def _count(db: AsyncSession, services: Any, authorization: DatasetAuthoriz
         request_id = authorization.request_id
     copy_id = await copies.open_copy(db, authorization.grant_id, user.id, authorization.dataset.version, request_id,
                                      file.id, now, services.config["publish.download_minutes"])
-    return downloads, copy_id
+    return downloads, copy_id, request_id
 
 
 async def download(services: Any, authorization: DatasetAuthorization,
@@ -471,7 +486,7 @@ async def download(services: Any, authorization: DatasetAuthorization,
         try:
             async with services.db() as db, db.begin():
                 await _current(db, authorization, now)
-                downloads, copy_id = await _count(db, services, authorization, user, file, now)
+                downloads, copy_id, request_id = await _count(db, services, authorization, user, file, now)
                 granted, _ = await _charge(db, user.id, day, "bytes_downloaded", file.size, limit, partial=False)
                 if granted != file.size:
                     raise _OverQuota("bytes", limit, file.size)
@@ -479,14 +494,12 @@ async def download(services: Any, authorization: DatasetAuthorization,
             await _alert(services, authorization, "bytes", limit,
                          await _usage(services, user.id, day, "bytes_downloaded"), over.requested, day, "refused")
             raise Refused("daily download limit reached") from None
-        except IntegrityError:  # the same file taken twice at once under one copy: the other one won
-            raise Refused("file already served under this download") from None
         download_id = secrets.token_hex(4)
         identity = authorization.identity
         await services.audit.emit(DatasetDownload(
             actor=identity.name, source=identity.source_addr, target=dataset.name, dataset=dataset.name,
             version=dataset.current_version, path=file.path, size=file.size, sha256=file.sha256,
-            grant_id=authorization.grant_id, request_id=authorization.request_id, download_id=download_id,
+            grant_id=authorization.grant_id, request_id=request_id, download_id=download_id,
             downloads=downloads, copy_id=copy_id, level=identity.level))
         if limit and file.size and await _usage(services, user.id, day, "bytes_downloaded") >= limit:
             await _alert(services, authorization, "bytes", limit, limit, file.size, day, "reached")

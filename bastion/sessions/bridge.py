@@ -228,7 +228,7 @@ class Bridge:
         task.add_done_callback(self._tasks.discard)
 
     def transfer(self, protocol: str, direction: str, path: str, size: int) -> None:
-        identity = self.live.authorization.target_authorization.identity
+        identity = self.live.identity
         if self.record_io or self.sftp is not None:
             self.live.recorder.marker(f"{protocol} {direction} {path} {size} bytes")
         self.spawn(self.registry.audit.emit(Transfer(
@@ -236,7 +236,7 @@ class Bridge:
             protocol=protocol, direction=direction, path=path[:1024], size=size)))
 
     def transfer_denied(self, protocol: str, operation: str, path: str) -> None:
-        identity = self.live.authorization.target_authorization.identity
+        identity = self.live.identity
         self.live.recorder.marker(f"{protocol} denied {operation} {path}")
         self.spawn(self.registry.audit.emit(TransferDenied(
             actor=identity.name, source=identity.source_addr, target=self.live.target, session_id=self.live.id,

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from bastion.audit.events import RecordingFailure, SessionEnd, SessionStart
 from bastion.audit.log import AuditLog
+from bastion.auth.identity import Identity
 from bastion.clock import Clock
 from bastion.errors import RecordingError
 from bastion.policy import ChannelAuthorization, Policy, require_minted
@@ -22,13 +23,21 @@ log = logging.getLogger("bastion.sessions")
 KILL_POLL_SECONDS = 1.0  # a kill requested on another node ends the session within this, plus a moment
 
 
+# The target name of sessions on the gateway's own `datasets` login (an SFTP view of published datasets).
+DATASETS_TARGET = "datasets"
+
+
 @dataclass
 class LiveSession:
-    """One recorded channel to a target (shell, exec, sftp or forward)."""
+    """One recorded channel: to a target (shell, exec, sftp or forward), or the `datasets` login's SFTP."""
 
     id: str
     connection_id: str
-    authorization: ChannelAuthorization
+    # What lets it run: the channel's authorization, or None on the `datasets` login, where every file is
+    # authorized on its own as it is opened (bastion.publish.access) and the session only shows and ends them.
+    authorization: ChannelAuthorization | None
+    identity: Identity
+    target: str
     kind: str
     command: str
     started: float
@@ -56,11 +65,7 @@ class LiveSession:
 
     @property
     def user(self) -> str:
-        return self.authorization.target_authorization.identity.name
-
-    @property
-    def target(self) -> str:
-        return self.authorization.target_authorization.target.name
+        return self.identity.name
 
     def terminate(self, reason: str) -> None:
         """Ask the front-end to end the session now, telling the user `reason`."""
@@ -104,15 +109,29 @@ class SessionRegistry:
         """Insert the session row, open its recording (fail closed) and audit the start."""
         require_minted(authorization)
         target_auth = authorization.target_authorization
-        identity = target_auth.identity
+        return await self._open(authorization, target_auth.identity, target_auth.target.name, target_auth.account.login,
+                                target_auth.grant_ids[0], kind=kind, command=command, connection_id=connection_id,
+                                width=width, height=height, term=term, echo_tracking=echo_tracking,
+                                terminate_cb=terminate_cb)
+
+    async def begin_datasets(self, identity: Identity, *, connection_id: str,
+                             terminate_cb: Callable[[str], None]) -> LiveSession:
+        """The same for an SFTP session on the `datasets` login: listed, killable, recorded (a marker per file)."""
+        return await self._open(None, identity, DATASETS_TARGET, "", None, kind="sftp", command="",
+                                connection_id=connection_id, width=80, height=24, term="", echo_tracking=False,
+                                terminate_cb=terminate_cb)
+
+    async def _open(self, authorization: ChannelAuthorization | None, identity: Identity, target: str, account: str,
+                    grant_id: int | None, *, kind: str, command: str, connection_id: str, width: int, height: int,
+                    term: str, echo_tracking: bool, terminate_cb: Callable[[str], None]) -> LiveSession:
         session_id = str(uuid.uuid4())
         now = self.clock.now()
         async with self.sessionmaker() as db, db.begin():
             db.add(Session(id=session_id, connection_id=connection_id, user_name=identity.name,
-                           target_name=target_auth.target.name, account_login=target_auth.account.login,
+                           target_name=target, account_login=account,
                            kind=kind, command=command[:4096], source_addr=identity.source_addr,
                            source_port=identity.source_port, node=self.node, level=identity.level,
-                           methods=list(identity.methods), grant_id=target_auth.grant_ids[0],
+                           methods=list(identity.methods), grant_id=grant_id,
                            device_id=identity.device_id, device_proof=identity.device_proof, started_at=now))
         holder: dict[str, LiveSession] = {}
 
@@ -124,25 +143,25 @@ class SessionRegistry:
                 live.terminate(f"recording failed ({reason}); the session cannot continue unrecorded")
                 self._spawn(self._recording_failed(live, reason))
 
-        title = f"{identity.name} \u2192 {target_auth.account.login}@{target_auth.target.name}"
+        title = f"{identity.name} \u2192 {account}@{target}" if account else f"{identity.name} \u2192 {target}"
         try:
             recorder = await self.recordings.open(session_id, width=width, height=height, term=term, title=title,
                                                   echo_tracking=echo_tracking, on_failure=recording_failed)
         except RecordingError as exc:
             await self.audit.emit(RecordingFailure(actor=identity.name, source=identity.source_addr,
-                                                   target=target_auth.target.name, session_id=session_id,
+                                                   target=target, session_id=session_id,
                                                    reason=exc.safe_message))
             await self._close_row(session_id, "recording unavailable", None, 0, 0)
             raise
-        live = LiveSession(session_id, connection_id, authorization, kind, command, self.clock.monotonic(),
-                           recorder, terminate_cb, width=width, height=height)
+        live = LiveSession(session_id, connection_id, authorization, identity, target, kind, command,
+                           self.clock.monotonic(), recorder, terminate_cb, width=width, height=height)
         holder["live"] = live
         self._live[session_id] = live
         await self.audit.emit(SessionStart(actor=identity.name, source=identity.source_addr,
-                                           target=target_auth.target.name, session_id=session_id, kind=kind,
-                                           account=target_auth.account.login, command=command[:1024],
+                                           target=target, session_id=session_id, kind=kind,
+                                           account=account, command=command[:1024],
                                            level=identity.level, methods=identity.methods,
-                                           connection_id=connection_id, grant_id=target_auth.grant_ids[0],
+                                           connection_id=connection_id, grant_id=grant_id,
                                            device=str(identity.device_id or ""), device_proof=identity.device_proof))
         return live
 
@@ -181,8 +200,7 @@ class SessionRegistry:
         except Exception:  # the recording already reported its failure; the row must still close
             log.exception("closing recording of session %s failed", live.id)
         await self._close_row(live.id, reason, live.exit_status, live.bytes_up, live.bytes_down)
-        identity = live.authorization.target_authorization.identity
-        await self.audit.emit(SessionEnd(actor=live.user, source=identity.source_addr, target=live.target,
+        await self.audit.emit(SessionEnd(actor=live.user, source=live.identity.source_addr, target=live.target,
                                          session_id=live.id, reason=reason, bytes_up=live.bytes_up,
                                          bytes_down=live.bytes_down, exit_status=live.exit_status,
                                          duration=round(self.clock.monotonic() - live.started, 3)))
@@ -267,7 +285,10 @@ class SessionRegistry:
                 ended += 1
                 continue
             try:
-                still = await self.policy.recheck(live.authorization, now, decisions)
+                if live.authorization is None:
+                    still = await self.policy.recheck_datasets_login(live.identity)
+                else:
+                    still = await self.policy.recheck(live.authorization, now, decisions)
             except asyncio.CancelledError:
                 raise
             except Exception:

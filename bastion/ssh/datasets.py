@@ -6,8 +6,6 @@ import asyncio
 import errno
 import logging
 import os
-import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -15,9 +13,8 @@ import asyncssh
 from asyncssh.stream import SSHServerStreamSession
 
 from bastion.admin import DATASETS_LOGIN
-from bastion.audit.events import (DeviceAdvisory, SessionDenied, SessionEnd, SessionStart, Transfer,
-                                  TransferDenied)
-from bastion.errors import UsageError
+from bastion.audit.events import DeviceAdvisory, SessionDenied, Transfer, TransferDenied
+from bastion.errors import RecordingError, UsageError
 from bastion.policy import AllowDataset, DatasetAuthorization, StepUp
 from bastion.publish import access
 from bastion.publish.catalog import check_dataset_name
@@ -27,6 +24,7 @@ from bastion.ssh.virtualpath import render, resolve
 
 if TYPE_CHECKING:
     from bastion.auth.identity import Identity
+    from bastion.sessions.registry import LiveSession
     from bastion.ssh.server import GatewayServer
 
 log = logging.getLogger("bastion.ssh")
@@ -99,34 +97,50 @@ class _OpenFile:
 
 
 class DatasetsSFTPServer(asyncssh.SFTPServer):
-    """Every SFTPServer method is overridden: reads of granted files are served, everything else refused."""
+    """Every SFTPServer method is overridden: reads of granted files are served, everything else refused.
+
+    Its session is a live session like any other (`begin`): a row `bastion sessions list` shows and `kill` ends,
+    a recording with a marker per file served or refused, the idle timeout and the re-check of the user.
+    """
 
     def __init__(self, chan: asyncssh.SSHServerChannel, gateway: "GatewayServer", identity: "Identity"):
         super().__init__(chan)
         self.gateway = gateway
         self.services = gateway.services
         self.identity = identity
-        self.session_id = str(uuid.uuid4())
-        self.started = time.monotonic()
-        self.bytes_down = 0
+        self.live: "LiveSession | None" = None
         self.open_files: set[_OpenFile] = set()
         self._ended = False
+
+    # the session -----------------------------------------------------------------------------------------
+
+    async def begin(self) -> None:
+        """Open the live session (row, recording, session.start); raises RecordingError when it cannot be
+        recorded (the caller refuses the channel: nothing is served unrecorded)."""
+        self.live = await self.services.sessions.begin_datasets(
+            self.identity, connection_id=self.gateway.connection_id, terminate_cb=self._terminate)
+        if self.gateway.device_policy == "advisory" and self.identity.device_id is None:
+            await self.services.audit.emit(DeviceAdvisory(**self._common(), mac=self.gateway.flow.peer_mac or ""))
+
+    def _terminate(self, reason: str) -> None:
+        """Killed by an auditor, revoked, idle or unrecordable: end the channel now (exit() then closes up)."""
+        if self.live is not None:
+            self.live.exit_status = 255
+        try:
+            self.channel.exit(255)
+        except OSError:
+            pass
+        self.channel.close()
 
     # audit -----------------------------------------------------------------------------------------------
 
     def _common(self) -> dict[str, str]:
         return {"actor": self.identity.name, "source": self.identity.source_addr or "", "target": DATASETS_LOGIN,
-                "session_id": self.session_id}
-
-    async def started_event(self) -> None:
-        if self.gateway.device_policy == "advisory" and self.identity.device_id is None:
-            await self.services.audit.emit(DeviceAdvisory(**self._common(), mac=self.gateway.flow.peer_mac or ""))
-        await self.services.audit.emit(SessionStart(
-            **self._common(), kind="sftp", account="", level=self.identity.level,
-            methods=tuple(self.identity.methods), connection_id=self.gateway.connection_id,
-            device=str(self.identity.device_id or ""), device_proof=self.identity.device_proof or ""))
+                "session_id": self.live.id if self.live is not None else ""}
 
     async def _denied(self, operation: str, path: bytes = b"") -> None:
+        if self.live is not None:
+            self.live.recorder.marker(f"sftp denied {operation} {_shown(path)}")
         await self.services.audit.emit(TransferDenied(**self._common(), protocol="sftp", operation=operation,
                                                       path=_shown(path)))
 
@@ -136,14 +150,15 @@ class DatasetsSFTPServer(asyncssh.SFTPServer):
 
     # the virtual tree ------------------------------------------------------------------------------------
 
-    async def _dataset(self, name: str) -> _Dataset | None:
-        """The dataset if the policy lets this identity download it now (a fresh decision), else None."""
+    async def _dataset(self, name: str, path: str | None = None) -> _Dataset | None:
+        """The dataset if the policy lets this identity download it (or its file `path`) now (a fresh
+        decision), else None."""
         try:
             check_dataset_name(name)
         except UsageError:
             return None
         decision = await self.services.policy.authorize_dataset(self.identity, name, "download",
-                                                                self.services.clock.now())
+                                                                self.services.clock.now(), path)
         if not isinstance(decision, AllowDataset) or decision.authorization.mask != "none":
             return None
         try:
@@ -240,6 +255,11 @@ class DatasetsSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPFailure("Is a directory")
         if len(self.open_files) >= MAX_OPEN_FILES:
             raise asyncssh.SFTPFailure(f"at most {MAX_OPEN_FILES} files may be open at once")
+        # Decided again for this very file: a copy that has served it already must not be the one to count.
+        dataset = await self._dataset(dataset.authorization.dataset.name, rel)
+        if dataset is None or rel not in dataset.files:
+            await self._denied("open for reading", path)
+            raise asyncssh.SFTPNoSuchFile(NO_SUCH_FILE)
         try:
             # Counts the download (max-downloads, approval, daily bytes) and audits size and SHA-256 first.
             stream, size, _ = await access.download(self.services, dataset.authorization, rel)
@@ -270,7 +290,8 @@ class DatasetsSFTPServer(asyncssh.SFTPServer):
             log.error("datasets: %s/%s failed while read: %s", file_obj.dataset, file_obj.path, exc.safe_message)
             raise asyncssh.SFTPFailure("the file cannot be read") from None
         file_obj.served += len(data)
-        self.bytes_down += len(data)
+        if self.live is not None:
+            self.live.bytes_down += len(data)
         return data
 
     async def fstat(self, file_obj: _OpenFile) -> asyncssh.SFTPAttrs:
@@ -282,6 +303,8 @@ class DatasetsSFTPServer(asyncssh.SFTPServer):
         file_obj.closed = True
         self.open_files.discard(file_obj)
         await file_obj.stream.aclose()
+        if self.live is not None:
+            self.live.recorder.marker(f"sftp download {file_obj.dataset}/{file_obj.path} {file_obj.served} bytes")
         await self.services.audit.emit(Transfer(**self._common(), protocol="sftp", direction="download",
                                                 path=f"{file_obj.dataset}/{file_obj.path}", size=file_obj.served))
 
@@ -371,11 +394,16 @@ class DatasetsSFTPServer(asyncssh.SFTPServer):
         if self._ended:
             return
         self._ended = True
-        for file_obj in list(self.open_files):
-            await self.close(file_obj)
-        await self.services.audit.emit(SessionEnd(**self._common(), reason="client closed",
-                                                  bytes_down=self.bytes_down, exit_status=0,
-                                                  duration=round(time.monotonic() - self.started, 3)))
+        try:
+            for file_obj in list(self.open_files):
+                await self.close(file_obj)
+        finally:
+            if self.live is not None:
+                if not self.live.end_reason:
+                    self.live.exit_status = 0
+                await self.services.sessions.end(self.live, "client closed")
+        if self.live is not None and self.live.end_reason:
+            return  # ended by the gateway, with status 255
         # scp (over SFTP) judges the transfer by the exit status, as an sftp-server process gives it.
         try:
             self.channel.exit(0)
@@ -401,7 +429,11 @@ class DatasetsSession(SSHServerStreamSession):
             chan.close()
             raise asyncssh.SFTPFailure("not authenticated")
         server = DatasetsSFTPServer(chan, self.gateway, identity)
-        await server.started_event()
+        try:
+            await server.begin()
+        except RecordingError:
+            chan.close()
+            raise asyncssh.SFTPFailure("the session cannot be recorded") from None
         return server
 
     async def _refuse(self, stdin: Any, stdout: Any, stderr: Any) -> None:

@@ -338,7 +338,8 @@ class DownloadCopyFile(Base):
     __tablename__ = "download_copy_files"
 
     copy_id: Mapped[int] = mapped_column(ForeignKey("download_copies.id", ondelete="CASCADE"), primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("dataset_files.id", ondelete="CASCADE"), primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("dataset_files.id", ondelete="CASCADE"), primary_key=True,
+                                         index=True)
 
 
 class DailyUsage(Base):

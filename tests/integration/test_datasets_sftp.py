@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from bastion.publish.catalog import Catalog
 from bastion.store.models import DailyUsage, Dataset, DatasetFile, DatasetGrant, DownloadRequest, User
 from tests.support.clients import COMMON, Login, paramiko_client, scp, sftp, ssh
-from tests.support.recordings import wait_for_audit
+from tests.support.recordings import bastion_cli, export_events, wait_for_audit, wait_for_sessions
 
 _names = itertools.count(1)
 NEVER = "zz-never-existed"
@@ -161,6 +161,117 @@ def test_one_approval_fetches_the_whole_dataset_once_with_sftp_get_r(testbed, tm
             if r["id"] == request["id"]] == ["used"]
 
 
+def test_a_file_fetched_again_is_counted_under_a_grant_that_can_serve_it(testbed, tmp_path):
+    """Each open is decided for its file: once a copy (under a grant with one download) has served a.csv,
+    a.csv again goes to the user's other, unlimited grant instead of being refused; b.txt still joins the copy."""
+    alice = user(testbed)
+    name, files = dataset(testbed, tmp_path, files={"a.csv": b"id\n1\n", "b.txt": b"text\n"})
+    once = grant(testbed, name, alice, "download", max_downloads=1)
+    always = grant(testbed, name, alice, "download")
+    for path in ("a.csv", "a.csv", "b.txt"):
+        result = get(testbed, alice, f"/{name}/{path}", tmp_path / "got")
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "got").read_bytes() == files[path]
+    events = wait_for_audit(testbed, "dataset.download", alice.name, until=lambda ev: len(ev) >= 3)
+    assert [(e["details"]["path"], e["details"]["grant_id"]) for e in sorted(events, key=lambda e: e["seq"])] == \
+        [("a.csv", once), ("a.csv", always), ("b.txt", once)]
+
+
+def _read_until_cut(handle, timeout: float = 15.0) -> float:
+    """Read an open file (or list the root, given an SFTP client) until the gateway cuts the session off;
+    returns how long that took."""
+    import paramiko
+
+    started = time.monotonic()
+    with pytest.raises((OSError, EOFError, paramiko.SSHException)):
+        while time.monotonic() - started < timeout:
+            if hasattr(handle, "listdir"):
+                handle.listdir("/")
+            else:
+                handle.seek(0)
+                handle.read(4096)
+            time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_a_datasets_session_is_listed_recorded_and_ended_by_kill(testbed, tmp_path):
+    """A `USER#datasets` SFTP session is a live session like any other: `bastion sessions list` shows it while
+    it runs (the re-checks every 0.5 s leave it be), `bastion sessions kill` ends it, and its recording holds
+    a marker per file served and refused."""
+    alice = user(testbed)
+    files = {"a.csv": b"id\n1\n", "big.bin": os.urandom(256 * 1024)}
+    name, _ = dataset(testbed, tmp_path, files=files)
+    grant(testbed, name, alice, "download")
+    client = paramiko_client(testbed.port, alice, f"{alice.name}#datasets")
+    try:
+        session = client.open_sftp()
+        with session.open(f"/{name}/a.csv") as handle:
+            assert handle.read() == files["a.csv"]
+        with pytest.raises(OSError):
+            session.open(f"/{NEVER}/x.csv")
+        big = session.open(f"/{name}/big.bin")
+        assert big.read(1000) == files["big.bin"][:1000]
+        [live] = wait_for_sessions(testbed, alice.name, ended=False)
+        assert (live["target"], live["kind"], live["status"], live["account"]) == ("datasets", "sftp", "live", "")
+        time.sleep(1.5)  # three re-check passes
+        big.seek(0)
+        assert big.read(1000) == files["big.bin"][:1000]
+        killed = bastion_cli(testbed.data_dir, "sessions", "kill", live["id"], "--reason", "exfiltration suspected")
+        assert killed.returncode == 0, killed.stderr
+        assert _read_until_cut(big) < 10
+    finally:
+        client.close()
+    [ended] = wait_for_sessions(testbed, alice.name)
+    assert ended["id"] == live["id"] and "exfiltration suspected" in ended["end_reason"]
+    assert ended["exit_status"] == 255 and ended["bytes_down"] >= len(files["a.csv"]) + 2000
+    _, events = export_events(testbed.data_dir, live["id"], tmp_path / "datasets.cast")
+    markers = [e[2] for e in events if e[1] == "m"]
+    assert f"sftp download {name}/a.csv {len(files['a.csv'])} bytes" in markers
+    assert f"sftp denied open for reading /{NEVER}/x.csv" in markers
+    assert any(m.startswith(f"sftp download {name}/big.bin ") for m in markers)   # closed by the kill
+    ends = wait_for_audit(testbed, "session.end", alice.name)
+    assert [e["session_id"] for e in ends] == [live["id"]] and "exfiltration suspected" in ends[0]["details"]["reason"]
+
+
+def test_disabling_the_user_ends_a_datasets_session(testbed, tmp_path):
+    """The session's own re-check: no file is open (an open download re-checks its grant by itself), the
+    listing of a disabled user is merely empty, yet the session ends within the re-check interval."""
+    alice = user(testbed)
+    name, _ = dataset(testbed, tmp_path)
+    grant(testbed, name, alice, "download")
+    client = paramiko_client(testbed.port, alice, f"{alice.name}#datasets")
+    try:
+        session = client.open_sftp()
+        assert session.listdir("/") == [name]
+        disabled = bastion_cli(testbed.data_dir, "user", "disable", alice.name)
+        assert disabled.returncode == 0, disabled.stderr
+        assert _read_until_cut(session) < 10
+    finally:
+        client.close()
+    assert wait_for_sessions(testbed, alice.name)[0]["end_reason"] == "access revoked or expired"
+
+
+def test_a_datasets_session_that_cannot_be_recorded_serves_nothing(testbed, tmp_path):
+    from tests.support.gateway import GatewayProcess
+
+    alice = user(testbed)
+    name, files = dataset(testbed, tmp_path)
+    grant(testbed, name, alice, "download")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    before = catalog_counts(testbed)
+    gateway = GatewayProcess(testbed.data_dir, env={"BASTION_RECORDING_DIR": str(blocker)}).start()
+    try:
+        result = sftp(gateway.port, alice, f"{alice.name}#datasets", f'get "/{name}/data.csv" "{tmp_path}/got"\n')
+    finally:
+        gateway.stop()
+    assert result.returncode != 0 and not (tmp_path / "got").exists()
+    assert catalog_counts(testbed) == before                      # nothing counted
+    [session] = wait_for_sessions(testbed, alice.name)
+    assert (session["target"], session["end_reason"]) == ("datasets", "recording unavailable")
+    assert wait_for_audit(testbed, "dataset.download", alice.name, timeout=1) == []
+
+
 async def _scalar(session, query):
     return (await session.execute(query)).scalar_one()
 
@@ -288,7 +399,8 @@ def test_every_write_is_refused_and_nothing_changes(testbed, tmp_path):
             with pytest.raises(IOError):
                 session._request(proto.CMD_EXTENDED, extension, *args)
         assert catalog_counts(testbed) == before  # not even a download was counted so far
-        # Two read handles (two counted downloads): no write through them, not even by copy-data.
+        # Two read handles (one counted download: two files of one copy): no write through them, not even by
+        # copy-data.
         source, dest = session.open(f"/{name}/b.csv", "r"), session.open(f"/{name}/dir/a.csv", "r")
         with pytest.raises(PermissionError):
             dest.chmod(0o777)  # fsetstat
@@ -304,7 +416,7 @@ def test_every_write_is_refused_and_nothing_changes(testbed, tmp_path):
         client.close()
     after = catalog_counts(testbed)
     assert after[:4] == before[:4]
-    assert [(g, n + 2) for g, n in before[4] if g == after[4][-1][0]] == [after[4][-1]]
+    assert [(g, n + 1) for g, n in before[4] if g == after[4][-1][0]] == [after[4][-1]]
     assert after[4][:-1] == before[4][:-1]
     assert blob_listing(testbed) == blobs
     denied = wait_for_audit(testbed, "transfer.denied", alice.name, until=lambda ev: len(ev) >= 10)

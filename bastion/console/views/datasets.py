@@ -50,14 +50,15 @@ def identity(request: web.Request) -> Identity:
     return Identity(who.user.id, who.user.name, who.user.roles, who.user.groups, 0, (), who.source_addr)
 
 
-async def _decide(request: web.Request, name: str, action: str) -> AllowDataset | StepUp | None:
+async def _decide(request: web.Request, name: str, action: str,
+                  path: str | None = None) -> AllowDataset | StepUp | None:
     services = request.app[render.SERVICES]
-    decision = await services.policy.authorize_dataset(identity(request), name, action, services.clock.now())
+    decision = await services.policy.authorize_dataset(identity(request), name, action, services.clock.now(), path)
     return decision if isinstance(decision, (AllowDataset, StepUp)) else None
 
 
-async def _authorize(request: web.Request, name: str, action: str) -> DatasetAuthorization:
-    decision = await _decide(request, name, action)
+async def _authorize(request: web.Request, name: str, action: str, path: str | None = None) -> DatasetAuthorization:
+    decision = await _decide(request, name, action, path)
     if not isinstance(decision, AllowDataset):
         raise _missing()  # below the level too: the list page offers the step-up, a direct link never tells
     return decision.authorization
@@ -212,7 +213,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Sec-Fetch-Site", "none") not in FETCH_SITES:
         raise _missing()
     name, path = request.match_info["dataset"], _path(request)
-    authorization = await _authorize(request, name, "download")
+    authorization = await _authorize(request, name, "download", path)
     services = request.app[render.SERVICES]
     try:
         stream, size, sha256 = await access.download(services, authorization, path)

@@ -416,6 +416,94 @@ async def test_a_copy_is_joined_only_by_its_own_user_grant_and_version(world, fo
                           AllowDataset)
 
 
+async def test_a_file_the_copy_served_already_goes_to_a_grant_that_can_serve_it(world, folder):
+    """The copy outranks other grants only for files it has not served: asked again for one it has, the
+    policy picks as for a new download (here an unlimited group grant), not the used-up grant of the copy."""
+    services, catalog = world, world.catalog
+    limited = await catalog.grant("multi", user="alice", mode="download", max_downloads=1)
+    unlimited = await catalog.grant("multi", group="analysts", mode="download")
+    alice = await identity_for(services, "alice")
+
+    async def take(path):
+        auth = (await services.policy.authorize_dataset(alice, "multi", "download", services.clock.now(), path))\
+            .authorization
+        stream, _, _ = await access.download(services, auth, path)
+        await stream.aclose()
+        return auth.grant_id
+
+    first = await take("a.csv")
+    assert await take("a.csv") != first                           # the copy cannot serve it twice
+    assert {first, await take("b.txt")} == {first}                 # but still takes the files it has not served
+    assert {first} <= {limited["id"], unlimited["id"]}
+    # Garbage paths never reach the query; they name no copy, and the download refuses them.
+    for junk in ("", "/etc/passwd", "a/../b", "x\x00y", "z" * 600):
+        decision = await services.policy.authorize_dataset(alice, "multi", "download", services.clock.now(), junk)
+        assert isinstance(decision, AllowDataset)
+        await refused(services, access.download(services, decision.authorization, junk or None))
+
+
+async def test_a_joined_file_is_audited_with_the_approval_its_copy_spent(world, folder):
+    services, catalog = world, world.catalog
+    await catalog.grant("multi", user="alice", mode="download-with-approval")
+    alice = await identity_for(services, "alice")
+    spent = await catalog.request_download("alice", "multi")
+    await catalog.decide(spent["id"], True, "ok")
+    await fetch(services, alice, "a.csv")
+    waiting = await catalog.request_download("alice", "multi")   # a second approval, not needed for the copy
+    await catalog.decide(waiting["id"], True, "ok")
+    await fetch(services, alice, "b.txt")
+    assert [e.details["request_id"] for e in await audit_events(services.db, "dataset.download")] == [spent["id"]] * 2
+    assert {r["id"]: r["status"] for r in await catalog.requests()} == {spent["id"]: "used", waiting["id"]: "approved"}
+
+
+async def test_an_open_copy_still_stops_at_revocation_disabling_and_the_daily_cap(world, folder, store):
+    services, catalog = world, world.catalog
+    grant = await catalog.grant("multi", user="alice", mode="download")
+    alice = await identity_for(services, "alice")
+    await fetch(services, alice, "b.txt")
+    auth = await authorize(services, alice, "multi", "download")
+    assert auth.copy_id is not None
+    async def bytes_today(value):
+        async with services.db() as db, db.begin():
+            await db.execute(update(DailyUsage).where(DailyUsage.user_id == alice.user_id)
+                             .values(bytes_downloaded=value))
+
+    used = (await snapshot(services))["usage"][0][3]
+    await bytes_today(services.config["publish.bytes_per_day"])
+    await refused(services, access.download(services, auth, "a.csv"))
+    await bytes_today(used)
+    await store.admin.set_user_status("alice", "disabled")
+    await refused(services, access.download(services, auth, "a.csv"))
+    await store.admin.set_user_status("alice", "active")
+    await catalog.revoke(grant["id"])
+    await refused(services, access.download(services, auth, "a.csv"))
+
+
+async def test_a_revocation_that_lands_inside_the_counting_transaction_stops_a_join(world, folder, monkeypatch):
+    """Revoked after the transaction's own re-read of the grant, before the file is taken: the guarded update
+    that locks the grant's row sees it."""
+    services, catalog = world, world.catalog
+    grant = await catalog.grant("multi", user="alice", mode="download")
+    alice = await identity_for(services, "alice")
+    await fetch(services, alice, "a.csv")
+    auth = await authorize(services, alice, "multi", "download")
+    original, calls = access._current, []
+
+    async def revoked_right_after(db, authorization, now, same_version=True):
+        result = await original(db, authorization, now, same_version)
+        calls.append(1)
+        if len(calls) == 2:  # the re-read inside the counting transaction
+            async with services.db() as other, other.begin():
+                await other.execute(update(DatasetGrant).where(DatasetGrant.id == grant["id"])
+                                    .values(revoked_at=services.clock.now()))
+        return result
+
+    monkeypatch.setattr(access, "_current", revoked_right_after)
+    with pytest.raises(Refused):
+        await access.download(services, auth, "b.txt")
+    assert len(calls) == 2 and len(await audit_events(services.db, "dataset.download")) == 1
+
+
 def _with_copy(authorization, copy_id):
     """The authorization as the policy would have minted it naming `copy_id` (the facts lie, the mint is real)."""
     facts = DatasetFacts(True, authorization.dataset, True, None, None, 1,

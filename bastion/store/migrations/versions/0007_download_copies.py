@@ -37,9 +37,13 @@ def upgrade() -> None:
                     sa.ForeignKeyConstraint(['copy_id'], ['download_copies.id'], ondelete='CASCADE'),
                     sa.ForeignKeyConstraint(['file_id'], ['dataset_files.id'], ondelete='CASCADE'),
                     sa.PrimaryKeyConstraint('copy_id', 'file_id'))
+    with op.batch_alter_table('download_copy_files') as batch_op:
+        batch_op.create_index(batch_op.f('ix_download_copy_files_file_id'), ['file_id'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('download_copy_files') as batch_op:
+        batch_op.drop_index(batch_op.f('ix_download_copy_files_file_id'))
     op.drop_table('download_copy_files')
     with op.batch_alter_table('download_copies') as batch_op:
         batch_op.drop_index(batch_op.f('ix_download_copies_user_id'))
