@@ -52,6 +52,10 @@ def test_toml_sections_and_env_override(tmp_path):
     ('[ssh]\nciphers = ["aes128-gcm@openssh.com", "none"]\n', "ssh.ciphers"),
     ('event_loop = "twisted"\n', "event_loop"),
     ('[session]\nidle_timeout = -5\n', "session.idle_timeout"),
+    ('[publish]\ndownload_minutes = 0\n', "publish.download_minutes"),
+    ('[publish]\ndownload_minutes = "an hour"\n', "publish.download_minutes"),
+    ('[publish]\ndownload_minutes = 1e10\n', "publish.download_minutes"),  # would overflow the date it opens
+    ('[publish]\napproval_minutes = 1e10\n', "publish.approval_minutes"),
 ])
 def test_bad_values_name_the_key(tmp_path, toml, key):
     (tmp_path / "bastion.toml").write_text(toml)
@@ -59,6 +63,12 @@ def test_bad_values_name_the_key(tmp_path, toml, key):
         load_config(tmp_path, environ={})
     message = info.value.safe_message
     assert key in message and "\n" not in message
+
+
+def test_minutes_up_to_a_year_are_taken(tmp_path):
+    config = load_config(tmp_path, environ={"BASTION_PUBLISH_DOWNLOAD_MINUTES": "527040",
+                                            "BASTION_PUBLISH_APPROVAL_MINUTES": "0.5"})
+    assert (config["publish.download_minutes"], config["publish.approval_minutes"]) == (527040.0, 0.5)
 
 
 def test_broken_toml_is_one_clear_line(tmp_path):
