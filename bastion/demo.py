@@ -140,6 +140,7 @@ Try:
   ssh -p {gw_port} alice:web01@{gw_host}               # shell on web01, recorded
   ssh -p {gw_port} alice@{gw_host}                     # menu of alice's targets
   ssh -p {gw_port} alice:web01@{gw_host} uname -a      # exec
+  ssh -J alice@{gw_host}:{gw_port} {login}@web01 uname -a   # ProxyJump: the gateway terminates the hop
   scp -P {gw_port} README.md 'alice#web01@{gw_host}:/tmp/'
   export BASTION_DATA_DIR={data_dir}
   bastion sessions list

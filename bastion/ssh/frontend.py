@@ -45,7 +45,7 @@ class SSHFrontEnd:
         """Serve one client until it disconnects."""
         try:
             conn = await asyncssh.run_server(sock, options=self._options,
-                                             server_factory=lambda: GatewayServer(self.services, peer))
+                                             server_factory=lambda: GatewayServer(self.services, peer, self))
         except asyncio.CancelledError:
             raise
         except (asyncssh.Error, OSError, asyncio.TimeoutError, TimeoutError, ConnectionError) as exc:
@@ -56,3 +56,13 @@ class SSHFrontEnd:
             await conn.wait_closed()
         finally:
             peer.closed()
+
+    async def run_inner(self, sock: socket.socket, outer: "Peer", identity: Any, target: str,
+                        peer_mac: str | None) -> asyncssh.SSHServerConnection:
+        """The inner SSH connection of a ProxyJump hop (bastion.ssh.jump), on one end of a socket pair."""
+        from bastion.listener import Peer
+        from bastion.ssh.jump import JumpServer
+
+        peer = Peer(outer.addr, outer.port, outer.via_proxy)  # no slot of the unauthenticated cap to release
+        return await asyncssh.run_server(sock, options=self._options, server_factory=lambda: JumpServer(
+            self.services, peer, self, identity, target, peer_mac))

@@ -38,9 +38,12 @@ OFFER_TEXT = {levels.TOTP: "a TOTP code (keyboard-interactive)",
 class GatewayServer(asyncssh.SSHServer):
     """One client connection: who it is, where it goes, and its upstream connections."""
 
-    def __init__(self, services: "Services", peer: "Peer"):
+    inner = False  # a ProxyJump hop's connection (bastion.ssh.jump.JumpServer)
+
+    def __init__(self, services: "Services", peer: "Peer", frontend: Any = None):
         self.services = services
         self.peer = peer
+        self.frontend = frontend  # runs the inner connection of a ProxyJump hop
         self.connection_id = str(uuid.uuid4())
         self.conn: asyncssh.SSHServerConnection | None = None
         self.route: Route | None = None
@@ -287,8 +290,15 @@ class GatewayServer(asyncssh.SSHServer):
         if self.datasets_login:
             self._audit_forward_denied("local", dest_host, dest_port)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, ONLY_SFTP)
+        from bastion.ssh import jump
         from bastion.ssh.forward import forward_session
+        if self.frontend is not None and jump.is_jump(dest_host, dest_port):
+            return jump.open_jump(self, dest_host, dest_port, lambda: forward_session(self, dest_host, dest_port))
         return forward_session(self, dest_host, dest_port)
+
+    async def serve_inner(self, sock: Any, identity: Any, target: str) -> asyncssh.SSHServerConnection:
+        """Run a ProxyJump hop's inner SSH connection on `sock`, bound to this login's identity."""
+        return await self.frontend.run_inner(sock, self.peer, identity, target, self.flow.peer_mac)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         self._audit_forward_denied("remote", listen_host, listen_port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from bastion.localsshd import find_sshd
-from tests.support.clients import Login, paramiko_client, scp, ssh
+from tests.support.clients import COMMON, Login, paramiko_client, scp, ssh
 
 
 def test_demo_starts_a_target_and_the_printed_logins_work(tmp_path):
@@ -35,6 +36,14 @@ def test_demo_starts_a_target_and_the_printed_logins_work(tmp_path):
         alice = Login("alice", password=passwords["alice"])
         result = ssh(port, alice, "alice:web01", "uname -a")
         assert result.returncode == 0 and result.stdout.startswith(b"Linux"), result.stderr
+        # The printed ProxyJump line, hop spelled out as a ProxyCommand (-J passes no options to the hop).
+        account = re.search(r"account '([^']+)'", text).group(1)
+        assert f"ssh -J alice@127.0.0.1:{port} {account}@web01 uname -a" in text
+        hop = ["ssh", "-p", str(port), *COMMON, *alice.options(), "-W", "%h:%p", "alice@127.0.0.1"]
+        jumped = subprocess.run(["ssh", *COMMON, "-o", "ProxyCommand=" + shlex.join(hop), "-o", "BatchMode=yes",
+                                 f"{account}@web01", "uname -a"], capture_output=True, timeout=60, env=alice.env(),
+                                start_new_session=True)
+        assert jumped.returncode == 0 and jumped.stdout.startswith(b"Linux"), jumped.stderr
         source = tmp_path / "f.txt"
         source.write_text("demo\n")
         dest = f"/tmp/bastion-demo-{os.getpid()}.txt"

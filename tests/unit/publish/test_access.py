@@ -358,12 +358,17 @@ async def test_a_file_served_twice_counts_a_second_download(world, folder):
     assert first != second and joined == second and await grant_downloads(services, grant["id"]) == 2
 
 
+async def approved_grant(services, catalog, user="alice"):
+    """An approval-gated grant of `multi` to `user`, with one approval given; returns (identity, request)."""
+    await catalog.grant("multi", user=user, mode="download-with-approval")
+    request = await catalog.request_download(user, "multi")
+    await catalog.decide(request["id"], True, "ok")
+    return await identity_for(services, user), request
+
+
 async def test_an_approval_is_one_copy_of_the_whole_dataset(world, folder):
     services, catalog = world, world.catalog
-    await catalog.grant("multi", user="alice", mode="download-with-approval")
-    alice = await identity_for(services, "alice")
-    request = await catalog.request_download("alice", "multi")
-    await catalog.decide(request["id"], True, "ok")
+    alice, request = await approved_grant(services, catalog)
     assert (await fetch(services, alice, "sub/c.csv"))[0] == FOLDER["sub/c.csv"]
     assert (await catalog.requests())[0]["status"] == "used"
     # The rest of the copy needs no second approval, and the used approval opens no view.
@@ -444,10 +449,7 @@ async def test_a_file_the_copy_served_already_goes_to_a_grant_that_can_serve_it(
 
 async def test_a_joined_file_is_audited_with_the_approval_its_copy_spent(world, folder):
     services, catalog = world, world.catalog
-    await catalog.grant("multi", user="alice", mode="download-with-approval")
-    alice = await identity_for(services, "alice")
-    spent = await catalog.request_download("alice", "multi")
-    await catalog.decide(spent["id"], True, "ok")
+    alice, spent = await approved_grant(services, catalog)
     await fetch(services, alice, "a.csv")
     waiting = await catalog.request_download("alice", "multi")   # a second approval, not needed for the copy
     await catalog.decide(waiting["id"], True, "ok")

@@ -1,0 +1,109 @@
+"""ProxyJump (`ssh -J`, i.e. `ssh -W host:22` through the gateway) to a granted target: terminated by the
+gateway, served with the bastion's credentials and recorded; anything else refused like any forward."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import uuid
+
+from tests.support.clients import COMMON, Login
+from tests.support.recordings import export_events, output_text, wait_for_audit, wait_for_sessions
+
+
+def _jump(testbed, login: Login, outer_spec: str | None = None) -> list[str]:
+    """Options that make the stock client hop through the gateway, as `-J` does (`ssh -W %h:%p` as the
+    ProxyCommand: -J passes no -i or -o of the command line to the hop, so it is spelled out)."""
+    hop = ["ssh", "-p", str(testbed.port), *COMMON, *login.options(), "-W", "%h:%p",
+           f"{outer_spec or login.name}@127.0.0.1"]
+    return ["-o", "ProxyCommand=" + shlex.join(hop)]
+
+
+def _run(args: list[str], login: Login, input: bytes = b"") -> subprocess.CompletedProcess:
+    return subprocess.run(args, input=input, capture_output=True, timeout=60, env=login.env(), start_new_session=True)
+
+
+def _inner(testbed, login: Login) -> list[str]:
+    # The inner connection needs nothing of the client: its login is the outer one. LogLevel INFO (the first
+    # value wins) shows the gateway's banner.
+    return ["-o", "LogLevel=INFO", *COMMON, *_jump(testbed, login), "-o", "PreferredAuthentications=none,publickey,password",
+            "-o", "NumberOfPasswordPrompts=0", "-o", "BatchMode=yes"]
+
+
+def test_ssh_through_the_jump_runs_on_the_target_with_the_bastions_key_and_is_recorded(testbed, tmp_path):
+    alice = testbed.user("shell,exec")
+    marker = f"JUMPED-{uuid.uuid4().hex[:6]}"
+    result = _run(["ssh", *_inner(testbed, alice), "root@web01", f"echo {marker}; id -un"], alice)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().split() == [marker, "root"]
+    [session] = wait_for_sessions(testbed, alice.name)
+    assert (session["target"], session["account"], session["kind"]) == ("web01", "root", "exec")
+    _, events = export_events(testbed.data_dir, session["id"], tmp_path / "jump.cast")
+    assert marker in output_text(events)
+
+
+def test_scp_and_sftp_through_the_jump_follow_the_transfer_actions(testbed, tmp_path):
+    alice = testbed.user("sftp-read")
+    source = f"/tmp/bastion-jump-{uuid.uuid4().hex[:8]}"
+    content = os.urandom(200_000)
+    with open(source, "wb") as out:
+        out.write(content)
+    try:
+        got = tmp_path / "got.bin"
+        result = _run(["scp", *_inner(testbed, alice), f"root@web01:{source}", str(got)], alice)
+        assert result.returncode == 0, result.stderr
+        assert got.read_bytes() == content
+        upload = _run(["sftp", *_inner(testbed, alice), "-b", "-", "root@web01"], alice,
+                      input=f"put {got} {source}.up\n".encode())
+        assert upload.returncode != 0 and not os.path.exists(source + ".up")   # sftp-read only
+    finally:
+        for path in (source, source + ".up"):
+            if os.path.exists(path):
+                os.unlink(path)
+    sessions = wait_for_sessions(testbed, alice.name, count=2)
+    assert {(s["target"], s["kind"]) for s in sessions} == {("web01", "sftp")}
+    transfers = wait_for_audit(testbed, "transfer", alice.name, until=lambda ev: len(ev) >= 2)
+    assert any(e["type"] == "transfer" and e["details"]["size"] == len(content) for e in transfers)
+    assert any(e["type"] == "transfer.denied" for e in transfers)
+
+
+def test_a_hop_to_an_ungranted_account_or_target_is_refused_and_nothing_runs(testbed):
+    alice = testbed.user("exec")
+    flag = f"/tmp/bastion-jump-flag-{uuid.uuid4().hex[:8]}"
+    for destination in ("nobody@web01", f"root@no-such-target-{uuid.uuid4().hex[:6]}", "root@datasets"):
+        result = _run(["ssh", *_inner(testbed, alice), destination, f"touch {flag}"], alice)
+        assert result.returncode == 255, (destination, result.stdout)
+        assert not os.path.exists(flag)
+    refused = _run(["ssh", *_inner(testbed, alice), "nobody@web01", "true"], alice)
+    assert b"bastion: no access to web01 as nobody" in refused.stderr
+    denied = wait_for_audit(testbed, "session.denied", alice.name)
+    assert any(e["details"]["kind"] == "proxyjump" for e in denied)
+    forwards = wait_for_audit(testbed, "forward.denied", alice.name)
+    assert forwards and all(e["details"]["dest_port"] == 22 for e in forwards)
+    assert [s for s in testbed.admin().list_sessions() if s["user"] == alice.name] == []
+
+
+def test_a_hop_to_a_target_above_the_outer_logins_level_names_the_login_that_reaches_it(testbed):
+    high = testbed.target("jumphigh", min_level=2)
+    alice = testbed.user("exec", target=high, totp=True)
+    result = _run(["ssh", *_inner(testbed, alice), f"root@{high}", "echo must-not-run"], alice)
+    assert result.returncode == 255 and b"must-not-run" not in result.stdout
+    assert f"{high} needs authentication level 2".encode() in result.stderr
+    assert f"ssh -J {alice.name}:{high}@BASTION".encode() in result.stderr
+    # Jumping through a login that reached level 2 (password and TOTP) goes through.
+    through = _run(["ssh", *_inner(testbed, alice)[:2], *COMMON, *_jump(testbed, alice, f"{alice.name}:{high}"),
+                    "-o", "BatchMode=yes",
+                    f"root@{high}", "echo stepped-up"], alice)
+    assert through.returncode == 0 and through.stdout.strip() == b"stepped-up", through.stderr
+
+
+def test_garbage_hop_destinations_are_refused_and_the_gateway_carries_on(testbed):
+    alice = testbed.user("exec")
+    for host in ("web01;id", "-oProxyCommand=id", "a" * 300, "..", "web01 ", "%00"):
+        hop = ["ssh", "-p", str(testbed.port), *COMMON, *alice.options(), "-W", f"{host}:22",
+               f"{alice.name}@127.0.0.1"]
+        result = _run(hop, alice)
+        assert result.returncode != 0 and not result.stdout.startswith(b"SSH-"), host
+    again = _run(["ssh", *_inner(testbed, alice), "root@web01", "echo still-here"], alice)
+    assert again.stdout.strip() == b"still-here", again.stderr
