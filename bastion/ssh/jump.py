@@ -75,6 +75,8 @@ class _JumpChannel(asyncssh.SSHTCPSession):
         self._task: asyncio.Task | None = None
         self._early: list[bytes] = []
         self._eof = False
+        self._client_reading = asyncio.Event()  # cleared while the channel's send buffer is over its limit
+        self._client_reading.set()
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
         self.chan = chan
@@ -115,7 +117,7 @@ class _JumpChannel(asyncssh.SSHTCPSession):
                 self.chan.close()
 
     async def _pump(self, reader: asyncio.StreamReader) -> None:
-        """The inner server's bytes to the client, paced by the channel's window."""
+        """The inner server's bytes to the client, paced by the channel (asyncssh pauses us over its limit)."""
         assert self.chan is not None
         while True:
             data = await reader.read(READ_SIZE)
@@ -123,15 +125,20 @@ class _JumpChannel(asyncssh.SSHTCPSession):
                 self.chan.write_eof()
                 return
             self.chan.write(data)
-            if self.chan.get_write_buffer_size() > PENDING_LIMIT:
-                await self._drained()
+            while not self._client_reading.is_set():
+                # A client may stop reading for a long time (a paused terminal); wait as long as its
+                # channel is open, looking again every few seconds.
+                try:
+                    await asyncio.wait_for(self._client_reading.wait(), SETTLE_TIMEOUT)
+                except asyncio.TimeoutError:
+                    if self.chan.is_closing():
+                        raise ConnectionResetError("client channel closed") from None
 
-    async def _drained(self) -> None:
-        assert self.chan is not None
-        while self.chan.get_write_buffer_size() > PENDING_LIMIT // 2:
-            if self.chan.is_closing():
-                raise ConnectionResetError("client channel closed")
-            await asyncio.sleep(0.01)
+    def pause_writing(self) -> None:
+        self._client_reading.clear()
+
+    def resume_writing(self) -> None:
+        self._client_reading.set()
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         if self._writer is None:
@@ -141,7 +148,9 @@ class _JumpChannel(asyncssh.SSHTCPSession):
         transport = self._writer.transport
         if self.chan is not None and transport.get_write_buffer_size() > PENDING_LIMIT:
             self.chan.pause_reading()
-            asyncio.get_running_loop().create_task(self._resume_when_drained())
+            task = asyncio.get_running_loop().create_task(self._resume_when_drained())
+            self.outer.channels.add(task)
+            task.add_done_callback(self.outer.channels.discard)
 
     async def _resume_when_drained(self) -> None:
         if self._writer is None:

@@ -46,7 +46,7 @@ def test_ssh_through_the_jump_runs_on_the_target_with_the_bastions_key_and_is_re
 def test_scp_and_sftp_through_the_jump_follow_the_transfer_actions(testbed, tmp_path):
     alice = testbed.user("sftp-read")
     source = f"/tmp/bastion-jump-{uuid.uuid4().hex[:8]}"
-    content = os.urandom(200_000)
+    content = os.urandom(6 * 1024 * 1024)  # several times what the hop holds before it pauses either side
     with open(source, "wb") as out:
         out.write(content)
     try:
@@ -66,6 +66,21 @@ def test_scp_and_sftp_through_the_jump_follow_the_transfer_actions(testbed, tmp_
     transfers = wait_for_audit(testbed, "transfer", alice.name, until=lambda ev: len(ev) >= 2)
     assert any(e["type"] == "transfer" and e["details"]["size"] == len(content) for e in transfers)
     assert any(e["type"] == "transfer.denied" for e in transfers)
+
+
+def test_an_upload_through_the_jump_arrives_whole(testbed, tmp_path):
+    bob = testbed.user("sftp-read,sftp-write")
+    local = tmp_path / "up.bin"
+    local.write_bytes(os.urandom(6 * 1024 * 1024))
+    dest = f"/tmp/bastion-jump-up-{uuid.uuid4().hex[:8]}"
+    try:
+        result = _run(["scp", *_inner(testbed, bob), str(local), f"root@web01:{dest}"], bob)
+        assert result.returncode == 0, result.stderr
+        with open(dest, "rb") as arrived:
+            assert arrived.read() == local.read_bytes()
+    finally:
+        if os.path.exists(dest):
+            os.unlink(dest)
 
 
 def test_a_hop_to_an_ungranted_account_or_target_is_refused_and_nothing_runs(testbed):
