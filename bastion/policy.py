@@ -382,11 +382,14 @@ class Policy:
                                                           AllowChannel)
 
     async def recheck_datasets_login(self, identity: Identity) -> bool:
-        """Does a live session on the `datasets` login still hold: the user there and active? (What it may
-        fetch is decided afresh for every file it opens, and an open download re-checks its own grant.)"""
+        """Does a live session on the `datasets` login still hold: the user there and active, and a device
+        if the device policy now requires one (as the login itself demands)? What it may fetch is decided
+        afresh for every file it opens, and an open download re-checks its own grant."""
         async with self._sessionmaker() as db:
             user = await db.get(User, identity.user_id)
-        return user is not None and user.status == "active" and user.name == identity.name
+        if user is None or user.status != "active" or user.name != identity.name:
+            return False
+        return identity.device_id is not None or await self.device_policy(identity) != "required"
 
 
 # --- datasets ---------------------------------------------------------------------------------------------

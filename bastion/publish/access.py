@@ -465,7 +465,7 @@ async def _count(db: AsyncSession, services: Any, authorization: DatasetAuthoriz
 
 
 async def download(services: Any, authorization: DatasetAuthorization,
-                   path: str | None = None) -> tuple[DownloadStream, int, str]:
+                   path: str | None = None, *, session_id: str = "") -> tuple[DownloadStream, int, str]:
     """Count the download (grant, approval, daily bytes), audit it, then hand out the plaintext stream.
 
     Returns (stream, size, sha256). Everything is counted and audited before the first byte; a refusal
@@ -497,7 +497,8 @@ async def download(services: Any, authorization: DatasetAuthorization,
         download_id = secrets.token_hex(4)
         identity = authorization.identity
         await services.audit.emit(DatasetDownload(
-            actor=identity.name, source=identity.source_addr, target=dataset.name, dataset=dataset.name,
+            actor=identity.name, source=identity.source_addr, target=dataset.name, session_id=session_id,
+            dataset=dataset.name,
             version=dataset.current_version, path=file.path, size=file.size, sha256=file.sha256,
             grant_id=authorization.grant_id, request_id=request_id, download_id=download_id,
             downloads=downloads, copy_id=copy_id, level=identity.level))

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from bastion.audit.events import RecordingFailure, SessionEnd, SessionStart
+from bastion.admin import DATASETS_LOGIN
 from bastion.audit.log import AuditLog
 from bastion.auth.identity import Identity
 from bastion.clock import Clock
@@ -21,10 +22,6 @@ from bastion.store.models import Session
 
 log = logging.getLogger("bastion.sessions")
 KILL_POLL_SECONDS = 1.0  # a kill requested on another node ends the session within this, plus a moment
-
-
-# The target name of sessions on the gateway's own `datasets` login (an SFTP view of published datasets).
-DATASETS_TARGET = "datasets"
 
 
 @dataclass
@@ -117,7 +114,7 @@ class SessionRegistry:
     async def begin_datasets(self, identity: Identity, *, connection_id: str,
                              terminate_cb: Callable[[str], None]) -> LiveSession:
         """The same for an SFTP session on the `datasets` login: listed, killable, recorded (a marker per file)."""
-        return await self._open(None, identity, DATASETS_TARGET, "", None, kind="sftp", command="",
+        return await self._open(None, identity, DATASETS_LOGIN, "", None, kind="sftp", command="",
                                 connection_id=connection_id, width=80, height=24, term="", echo_tracking=False,
                                 terminate_cb=terminate_cb)
 
@@ -157,12 +154,25 @@ class SessionRegistry:
                            self.clock.monotonic(), recorder, terminate_cb, width=width, height=height)
         holder["live"] = live
         self._live[session_id] = live
-        await self.audit.emit(SessionStart(actor=identity.name, source=identity.source_addr,
-                                           target=target, session_id=session_id, kind=kind,
-                                           account=account, command=command[:1024],
-                                           level=identity.level, methods=identity.methods,
-                                           connection_id=connection_id, grant_id=grant_id,
-                                           device=str(identity.device_id or ""), device_proof=identity.device_proof))
+        try:
+            await self.audit.emit(SessionStart(actor=identity.name, source=identity.source_addr,
+                                               target=target, session_id=session_id, kind=kind,
+                                               account=account, command=command[:1024],
+                                               level=identity.level, methods=identity.methods,
+                                               connection_id=connection_id, grant_id=grant_id,
+                                               device=str(identity.device_id or ""),
+                                               device_proof=identity.device_proof))
+        except Exception:
+            # Not audited, so not run: nothing of it may stay live (a row open forever, a recording unsealed).
+            self._live.pop(session_id, None)
+            live.ended = True
+            for step in (recorder.close("session start could not be audited"),
+                         self._close_row(session_id, "session start could not be audited", None, 0, 0)):
+                try:
+                    await step
+                except Exception:
+                    log.exception("undoing the start of session %s failed", session_id)
+            raise
         return live
 
     async def _recording_failed(self, live: LiveSession, reason: str) -> None:

@@ -171,6 +171,8 @@ class DatasetsSFTPServer(asyncssh.SFTPServer):
         """(components, dataset, file path inside it): a directory when the file path is None.
 
         Raises "No such file" for anything not in the granted set, the same way for every reason."""
+        if self.live is not None:  # any request is activity for the idle timeout, not only bytes served
+            self.live.active_at = self.services.clock.monotonic()
         parts = resolve(path)
         if parts is None:
             raise asyncssh.SFTPNoSuchFile(NO_SUCH_FILE)
@@ -262,7 +264,8 @@ class DatasetsSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPNoSuchFile(NO_SUCH_FILE)
         try:
             # Counts the download (max-downloads, approval, daily bytes) and audits size and SHA-256 first.
-            stream, size, _ = await access.download(self.services, dataset.authorization, rel)
+            stream, size, _ = await access.download(self.services, dataset.authorization, rel,
+                                                    session_id=self.live.id if self.live is not None else "")
         except Refused as exc:
             log.info("datasets: download of %s refused for %s: %s", dataset.authorization.dataset.name,
                      self.identity.name, exc.reason)
@@ -416,7 +419,19 @@ class DatasetsSession(SSHServerStreamSession):
 
     def __init__(self, gateway: "GatewayServer"):
         self.gateway = gateway
+        self._server: DatasetsSFTPServer | None = None
+        self._lost = False
         super().__init__(self._refuse, self._sftp_server, 3, allow_scp=False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._lost = True
+        # asyncssh ends the SFTP server (exit) only once its handler ran; a channel closed before the client's
+        # first SFTP packet never gets there, and its live session must end all the same (exit is idempotent).
+        if self._server is not None:
+            task = asyncio.get_running_loop().create_task(self._server.exit())
+            self.gateway.channels.add(task)
+            task.add_done_callback(self.gateway.channels.discard)
 
     async def _sftp_server(self, chan: asyncssh.SSHServerChannel) -> DatasetsSFTPServer:
         try:
@@ -434,6 +449,14 @@ class DatasetsSession(SSHServerStreamSession):
         except RecordingError:
             chan.close()
             raise asyncssh.SFTPFailure("the session cannot be recorded") from None
+        except Exception:
+            await server.exit()  # started but not fully: end what was begun (row, recording, registry)
+            chan.close()
+            raise
+        self._server = server
+        if self._lost:  # the client left while the session began
+            await server.exit()
+            raise asyncssh.SFTPFailure("the client closed the channel")
         return server
 
     async def _refuse(self, stdin: Any, stdout: Any, stderr: Any) -> None:

@@ -231,6 +231,8 @@ def test_a_datasets_session_is_listed_recorded_and_ended_by_kill(testbed, tmp_pa
     assert any(m.startswith(f"sftp download {name}/big.bin ") for m in markers)   # closed by the kill
     ends = wait_for_audit(testbed, "session.end", alice.name)
     assert [e["session_id"] for e in ends] == [live["id"]] and "exfiltration suspected" in ends[0]["details"]["reason"]
+    downloads = wait_for_audit(testbed, "dataset.download", alice.name, until=lambda ev: len(ev) >= 2)
+    assert {e["session_id"] for e in downloads} == {live["id"]}   # each download names its session
 
 
 def test_disabling_the_user_ends_a_datasets_session(testbed, tmp_path):
@@ -245,6 +247,42 @@ def test_disabling_the_user_ends_a_datasets_session(testbed, tmp_path):
         assert session.listdir("/") == [name]
         disabled = bastion_cli(testbed.data_dir, "user", "disable", alice.name)
         assert disabled.returncode == 0, disabled.stderr
+        assert _read_until_cut(session) < 10
+    finally:
+        client.close()
+    assert wait_for_sessions(testbed, alice.name)[0]["end_reason"] == "access revoked or expired"
+
+
+def test_a_datasets_channel_closed_before_its_first_sftp_packet_ends_its_session(testbed, tmp_path):
+    """The SFTP subsystem opened (the session begins at once), then closed before the client's INIT: asyncssh
+    never runs the server's exit, yet the session must end (row, recording, session.end), not stay live."""
+    alice = user(testbed)
+    name, _ = dataset(testbed, tmp_path)
+    grant(testbed, name, alice, "download")
+    client = paramiko_client(testbed.port, alice, f"{alice.name}#datasets")
+    try:
+        chan = client.get_transport().open_session()
+        chan.invoke_subsystem("sftp")
+        [live] = wait_for_sessions(testbed, alice.name, ended=False)
+        chan.close()
+        [ended] = wait_for_sessions(testbed, alice.name)
+    finally:
+        client.close()
+    assert ended["id"] == live["id"] and ended["end_reason"] == "client closed"
+    ends = wait_for_audit(testbed, "session.end", alice.name)
+    assert [e["session_id"] for e in ends] == [live["id"]]
+
+
+def test_a_device_policy_tightened_mid_session_ends_a_datasets_session(testbed, tmp_path):
+    alice = user(testbed)
+    name, _ = dataset(testbed, tmp_path)
+    grant(testbed, name, alice, "download")
+    client = paramiko_client(testbed.port, alice, f"{alice.name}#datasets")
+    try:
+        session = client.open_sftp()
+        assert session.listdir("/") == [name]
+        tightened = bastion_cli(testbed.data_dir, "user", "set", alice.name, "--device-policy", "required")
+        assert tightened.returncode == 0, tightened.stderr
         assert _read_until_cut(session) < 10
     finally:
         client.close()
