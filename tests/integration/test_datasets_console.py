@@ -534,6 +534,26 @@ async def test_refused_request_shows_its_reason_and_may_be_asked_again(bed):
         assert status == 200 and again["id"] != request["id"] and again["status"] == "requested"
 
 
+async def test_one_approval_downloads_each_file_of_a_folder_dataset_once_in_the_console(bed):
+    reader = bed.user("cp-reader")
+    folder = bed.data_dir.parent / "cp-src"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.csv").write_bytes(CSV)
+    (folder / "sub" / "b.txt").write_bytes(b"second\n")
+    catalog = bed.catalog()
+    bed.run(catalog.add("cp-data", folder))
+    bed.run(catalog.publish("cp-data"))
+    bed.run(catalog.grant("cp-data", user=reader.name, mode="download-with-approval"))
+    request = bed.run(catalog.request_download(reader.name, "cp-data"))
+    bed.run(catalog.decide(request["id"], True, "quarterly audit"))
+    async with await user_client(bed, reader) as console:
+        for path, content in (("a.csv", CSV), ("sub/b.txt", b"second\n")):
+            status, text, _ = await console.get(f"/datasets/cp-data/download?path={path}")
+            assert status == 200 and text.encode() == content, path
+        # The copy is whole: a file again needs a new approval.
+        assert (await console.get("/datasets/cp-data/download?path=a.csv"))[0] == 404
+
+
 async def test_folder_dataset_files_paths_and_pages(bed):
     reader = bed.user("fold-reader")
     folder = bed.data_dir.parent / "fold-src"
