@@ -95,6 +95,7 @@ class SessionDenied(Event):
     outcome: str = "denied"
     kind: str
     reason: str
+    account: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +140,16 @@ class Forward(Event):
     type: ClassVar[str] = "forward"
     dest_host: str
     dest_port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyJump(Event):
+    """A ProxyJump hop accepted: the inner connection (its sessions carry `connection_id`) inside the outer."""
+
+    type: ClassVar[str] = "proxyjump"
+    account: str
+    outer_connection_id: str
+    connection_id: str
 
 
 @dataclass(frozen=True, kw_only=True)

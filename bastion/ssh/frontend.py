@@ -58,11 +58,14 @@ class SSHFrontEnd:
             peer.closed()
 
     async def run_inner(self, sock: socket.socket, outer: "Peer", identity: Any, target: str,
-                        peer_mac: str | None) -> asyncssh.SSHServerConnection:
+                        peer_mac: str | None, outer_connection_id: str) -> asyncssh.SSHServerConnection:
         """The inner SSH connection of a ProxyJump hop (bastion.ssh.jump), on one end of a socket pair."""
         from bastion.listener import Peer
-        from bastion.ssh.jump import JumpServer
+        from bastion.ssh.jump import INNER_LOGIN_TIMEOUT, JumpServer
 
-        peer = Peer(outer.addr, outer.port, outer.via_proxy)  # no slot of the unauthenticated cap to release
-        return await asyncssh.run_server(sock, options=self._options, server_factory=lambda: JumpServer(
-            self.services, peer, self, identity, target, peer_mac))
+        # No slot of the unauthenticated cap: the hop's own cap (jump.MAX_HOPS per outer connection) and a
+        # short login timeout bound what a login can hold open.
+        peer = Peer(outer.addr, outer.port, outer.via_proxy)
+        options = asyncssh.SSHServerConnectionOptions(options=self._options, login_timeout=INNER_LOGIN_TIMEOUT)
+        return await asyncssh.run_server(sock, options=options, server_factory=lambda: JumpServer(
+            self.services, peer, self, identity, target, peer_mac, outer_connection_id))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import asyncssh
 
 from bastion.admin import TARGET_NAME
-from bastion.audit.events import SessionDenied
+from bastion.audit.events import ProxyJump, SessionDenied
 from bastion.policy import Allow, Deny
 from bastion.ssh.routing import Route
 from bastion.ssh.server import GatewayServer
@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("bastion.ssh")
 
 SSH_PORT = 22
+# Hops open at once through one outer connection: each holds a socket pair and an SSH connection of its own
+# (and its upstream), so an unbounded number would let one login exhaust the gateway's descriptors.
+MAX_HOPS = 8
+# The inner connection authenticates at once (nothing is asked): a hop that has not within this is dropped.
+INNER_LOGIN_TIMEOUT = 10.0
 # Bytes the client may have in flight towards the inner server before its channel is paused.
 PENDING_LIMIT = 1 << 20
 READ_SIZE = 256 * 1024
@@ -54,10 +59,13 @@ async def open_jump(outer: "GatewayServer", dest_host: str, dest_port: int,
     except asyncio.TimeoutError:
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Connection refused") from None
     identity = outer.flow.identity
-    if identity is not None and not outer.inner:
+    if identity is not None:
         decision = await outer.services.policy.authorize_target(identity, dest_host, None,
                                                                 outer.services.clock.now())
         if not isinstance(decision, Deny) or decision.ambiguous_accounts:
+            if outer.hops >= MAX_HOPS:
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                                f"at most {MAX_HOPS} ProxyJump hops at once per connection")
             return _JumpChannel(outer, identity, dest_host)
     result = otherwise()
     if not result:
@@ -80,6 +88,7 @@ class _JumpChannel(asyncssh.SSHTCPSession):
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
         self.chan = chan
+        self.outer.hops += 1
         self._task = asyncio.get_running_loop().create_task(self._run())
         self.outer.channels.add(self._task)
         self._task.add_done_callback(self.outer.channels.discard)
@@ -172,8 +181,12 @@ class _JumpChannel(asyncssh.SSHTCPSession):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The client's channel is gone: so is the hop, with every session inside it.
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self.chan is not None:
+            self.outer.hops -= 1
+            self.chan = None
 
 
 class _BoundFlow:
@@ -191,8 +204,9 @@ class JumpServer(GatewayServer):
     inner = True
 
     def __init__(self, services: Any, peer: Any, frontend: Any, identity: "Identity", target: str,
-                 peer_mac: str | None):
+                 peer_mac: str | None, outer_connection_id: str):
         super().__init__(services, peer, frontend)
+        self._outer_connection_id = outer_connection_id
         self._bound = identity
         self._target = target
         self.flow = _BoundFlow(identity, target, peer_mac)  # type: ignore[assignment]
@@ -216,8 +230,13 @@ class JumpServer(GatewayServer):
                                                                self.services.clock.now())
         if isinstance(decision, Allow):
             self.authorization = decision.authorization
+            await self.services.audit.emit(ProxyJump(
+                actor=self._bound.name, source=self._bound.source_addr, target=self._target,
+                account=decision.authorization.account.login, outer_connection_id=self._outer_connection_id,
+                connection_id=self.connection_id))
             return False
         await self._refuse_hop(decision)
+        self._rejected()  # as for any login: dropped after MAX_REJECTIONS
         return True
 
     async def _refuse_hop(self, decision: Any) -> None:
@@ -230,7 +249,8 @@ class JumpServer(GatewayServer):
             reason = f"level {decision.level} needed"
         self._banner(f"bastion: {text}\r\n")
         await self.services.audit.emit(SessionDenied(actor=self._bound.name, source=self._bound.source_addr,
-                                                     target=self._target, kind="proxyjump", reason=reason[:256]))
+                                                     target=self._target, kind="proxyjump", reason=reason[:256],
+                                                     account=(self.route.account or "")[:64]))
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
         from bastion.ssh.forward import forward_session

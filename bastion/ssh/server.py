@@ -39,6 +39,7 @@ class GatewayServer(asyncssh.SSHServer):
     """One client connection: who it is, where it goes, and its upstream connections."""
 
     inner = False  # a ProxyJump hop's connection (bastion.ssh.jump.JumpServer)
+    hops = 0  # ProxyJump hops open through this connection now
 
     def __init__(self, services: "Services", peer: "Peer", frontend: Any = None):
         self.services = services
@@ -298,7 +299,7 @@ class GatewayServer(asyncssh.SSHServer):
 
     async def serve_inner(self, sock: Any, identity: Any, target: str) -> asyncssh.SSHServerConnection:
         """Run a ProxyJump hop's inner SSH connection on `sock`, bound to this login's identity."""
-        return await self.frontend.run_inner(sock, self.peer, identity, target, self.flow.peer_mac)
+        return await self.frontend.run_inner(sock, self.peer, identity, target, self.flow.peer_mac, self.connection_id)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         self._audit_forward_denied("remote", listen_host, listen_port)

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import uuid
 
-from tests.support.clients import COMMON, Login
+from tests.support.clients import COMMON, Login, paramiko_client
 from tests.support.recordings import export_events, output_text, wait_for_audit, wait_for_sessions
 
 
@@ -122,3 +122,94 @@ def test_garbage_hop_destinations_are_refused_and_the_gateway_carries_on(testbed
         assert result.returncode != 0 and not result.stdout.startswith(b"SSH-"), host
     again = _run(["ssh", *_inner(testbed, alice), "root@web01", "echo still-here"], alice)
     assert again.stdout.strip() == b"still-here", again.stderr
+
+
+def _hop(outer, account: str = "root", target: str = "web01"):
+    """paramiko, as an independent client: a direct-tcpip channel through `outer` and an SSH transport over
+    it, authenticated with "none" (the hop is bound to the outer login)."""
+    import paramiko
+
+    channel = outer.get_transport().open_channel("direct-tcpip", (target, 22), ("127.0.0.1", 0), timeout=20)
+    inner = paramiko.Transport(channel)
+    inner.start_client(timeout=20)
+    inner.auth_none(account)
+    return inner
+
+
+def test_closing_the_outer_connection_ends_every_session_inside_its_hops(testbed):
+    alice = testbed.user("exec")
+    outer = paramiko_client(testbed.port, alice, alice.name)
+    try:
+        inner = _hop(outer)
+        assert inner.is_authenticated()
+        session = inner.open_session(timeout=20)
+        session.exec_command("echo started; sleep 60")
+        session.settimeout(20)
+        assert session.recv(100).startswith(b"started")
+        [live] = wait_for_sessions(testbed, alice.name, ended=False)
+        assert (live["target"], live["account"], live["status"]) == ("web01", "root", "live")
+    finally:
+        outer.close()
+    [ended] = wait_for_sessions(testbed, alice.name)
+    assert ended["id"] == live["id"] and ended["ended_at"]
+    [hop] = wait_for_audit(testbed, "proxyjump", alice.name)
+    assert hop["details"]["account"] == "root" and hop["details"]["outer_connection_id"] != \
+        hop["details"]["connection_id"]
+    starts = wait_for_audit(testbed, "session.start", alice.name)
+    assert [e["details"]["connection_id"] for e in starts] == [hop["details"]["connection_id"]]
+
+
+def test_hops_per_connection_are_capped_and_a_hop_inside_a_hop_is_only_a_forward(testbed):
+    import paramiko
+
+    from bastion.ssh.jump import MAX_HOPS
+
+    alice = testbed.user("exec")
+    outer = paramiko_client(testbed.port, alice, alice.name)
+    try:
+        hops = [_hop(outer) for _ in range(MAX_HOPS)]
+        try:
+            _hop(outer)
+            raise AssertionError("a hop over the cap was opened")
+        except paramiko.ChannelException as refused:
+            assert refused.code == 4  # OPEN_RESOURCE_SHORTAGE
+        with __import__("pytest").raises(paramiko.ChannelException):
+            hops[0].open_channel("direct-tcpip", ("web01", 22), ("127.0.0.1", 0), timeout=20)
+        hops.pop().close()
+        again = _hop(outer)  # a closed hop frees its place
+        assert again.is_authenticated()
+        again.close()
+        for hop in hops:
+            hop.close()
+    finally:
+        outer.close()
+    denied = wait_for_audit(testbed, "forward.denied", alice.name)
+    assert [e["details"]["dest_host"] for e in denied] == ["web01"]
+
+
+
+def test_a_hop_cycling_through_account_names_is_dropped_like_any_login(testbed):
+    import paramiko
+
+    alice = testbed.user("exec")
+    outer = paramiko_client(testbed.port, alice, alice.name)
+    refused = 0
+    try:
+        channel = outer.get_transport().open_channel("direct-tcpip", ("web01", 22), ("127.0.0.1", 0), timeout=20)
+        inner = paramiko.Transport(channel)
+        inner.start_client(timeout=20)
+        for attempt in range(30):
+            try:
+                inner.auth_none(f"nobody{attempt}")
+            except paramiko.BadAuthenticationType:
+                refused += 1
+            except (paramiko.SSHException, EOFError, OSError):
+                break
+            if not inner.is_active():
+                break
+        assert not inner.is_active()
+    finally:
+        outer.close()
+    assert 1 <= refused < 10  # the tenth refusal drops the connection (MAX_REJECTIONS), as for any login
+    denied = wait_for_audit(testbed, "session.denied", alice.name, until=lambda ev: len(ev) >= 10)
+    assert sorted(e["details"]["account"] for e in denied) == sorted(f"nobody{i}" for i in range(10))
