@@ -8,6 +8,8 @@ import shlex
 import subprocess
 import uuid
 
+import pytest
+
 from tests.support.clients import COMMON, Login, paramiko_client
 from tests.support.recordings import export_events, output_text, wait_for_audit, wait_for_sessions
 
@@ -173,7 +175,7 @@ def test_hops_per_connection_are_capped_and_a_hop_inside_a_hop_is_only_a_forward
             raise AssertionError("a hop over the cap was opened")
         except paramiko.ChannelException as refused:
             assert refused.code == 4  # OPEN_RESOURCE_SHORTAGE
-        with __import__("pytest").raises(paramiko.ChannelException):
+        with pytest.raises(paramiko.ChannelException):
             hops[0].open_channel("direct-tcpip", ("web01", 22), ("127.0.0.1", 0), timeout=20)
         hops.pop().close()
         again = _hop(outer)  # a closed hop frees its place
@@ -213,3 +215,14 @@ def test_a_hop_cycling_through_account_names_is_dropped_like_any_login(testbed):
     assert 1 <= refused < 10  # the tenth refusal drops the connection (MAX_REJECTIONS), as for any login
     denied = wait_for_audit(testbed, "session.denied", alice.name, until=lambda ev: len(ev) >= 10)
     assert sorted(e["details"]["account"] for e in denied) == sorted(f"nobody{i}" for i in range(10))
+
+
+def test_a_user_with_two_accounts_on_the_target_jumps_to_the_one_named(testbed):
+    if len(testbed.accounts) < 2:
+        pytest.skip("this machine has no second account for the target (needs root to create one)")
+    other = testbed.accounts[1]
+    alice = testbed.user("exec")
+    testbed.admin().add_grant(user=alice.name, target="web01", account=other, actions=["exec"])
+    for account in ("root", other):
+        result = _run(["ssh", *_inner(testbed, alice), f"{account}@web01", "id -un"], alice)
+        assert result.returncode == 0 and result.stdout.strip() == account.encode(), result.stderr
