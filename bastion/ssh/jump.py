@@ -192,8 +192,8 @@ class _JumpChannel(asyncssh.SSHTCPSession):
 class _BoundFlow:
     """The inner connection's stand-in for AuthFlow: the identity its outer login proved, nothing to ask."""
 
-    def __init__(self, identity: "Identity", target: str, peer_mac: str | None):
-        self.identity, self.target, self.peer_mac = identity, target, peer_mac
+    def __init__(self, identity: "Identity", peer_mac: str | None):
+        self.identity, self.peer_mac = identity, peer_mac
         self.login_name = identity.name
 
 
@@ -201,15 +201,13 @@ class JumpServer(GatewayServer):
     """The SSH server at the far end of a ProxyJump hop: no authentication of its own (the outer login's
     identity is bound to it), the target fixed by the hop, the account named by the inner user name."""
 
-    inner = True
-
     def __init__(self, services: Any, peer: Any, frontend: Any, identity: "Identity", target: str,
                  peer_mac: str | None, outer_connection_id: str):
         super().__init__(services, peer, frontend)
         self._outer_connection_id = outer_connection_id
         self._bound = identity
         self._target = target
-        self.flow = _BoundFlow(identity, target, peer_mac)  # type: ignore[assignment]
+        self.flow = _BoundFlow(identity, peer_mac)  # type: ignore[assignment]
 
     def password_auth_supported(self) -> bool:
         return False

@@ -38,10 +38,9 @@ OFFER_TEXT = {levels.TOTP: "a TOTP code (keyboard-interactive)",
 class GatewayServer(asyncssh.SSHServer):
     """One client connection: who it is, where it goes, and its upstream connections."""
 
-    inner = False  # a ProxyJump hop's connection (bastion.ssh.jump.JumpServer)
     hops = 0  # ProxyJump hops open through this connection now
 
-    def __init__(self, services: "Services", peer: "Peer", frontend: Any = None):
+    def __init__(self, services: "Services", peer: "Peer", frontend: Any):
         self.services = services
         self.peer = peer
         self.frontend = frontend  # runs the inner connection of a ProxyJump hop
@@ -293,7 +292,7 @@ class GatewayServer(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, ONLY_SFTP)
         from bastion.ssh import jump
         from bastion.ssh.forward import forward_session
-        if self.frontend is not None and jump.is_jump(dest_host, dest_port):
+        if jump.is_jump(dest_host, dest_port):
             return jump.open_jump(self, dest_host, dest_port, lambda: forward_session(self, dest_host, dest_port))
         return forward_session(self, dest_host, dest_port)
 

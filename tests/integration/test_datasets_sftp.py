@@ -177,9 +177,9 @@ def test_a_file_fetched_again_is_counted_under_a_grant_that_can_serve_it(testbed
         [("a.csv", once), ("a.csv", always), ("b.txt", once)]
 
 
-def _read_until_cut(handle, timeout: float = 15.0) -> float:
+def _read_until_cut(handle, timeout: float = 15.0) -> None:
     """Read an open file (or list the root, given an SFTP client) until the gateway cuts the session off;
-    returns how long that took."""
+    the timeout only guards against a hang (a session never cut fails here)."""
     import paramiko
 
     started = time.monotonic()
@@ -191,7 +191,6 @@ def _read_until_cut(handle, timeout: float = 15.0) -> float:
                 handle.seek(0)
                 handle.read(4096)
             time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def test_a_datasets_session_is_listed_recorded_and_ended_by_kill(testbed, tmp_path):
@@ -218,7 +217,7 @@ def test_a_datasets_session_is_listed_recorded_and_ended_by_kill(testbed, tmp_pa
         assert big.read(1000) == files["big.bin"][:1000]
         killed = bastion_cli(testbed.data_dir, "sessions", "kill", live["id"], "--reason", "exfiltration suspected")
         assert killed.returncode == 0, killed.stderr
-        assert _read_until_cut(big) < 10
+        _read_until_cut(big)
     finally:
         client.close()
     [ended] = wait_for_sessions(testbed, alice.name)
@@ -251,7 +250,7 @@ def test_a_change_the_recheck_sees_ends_a_datasets_session(testbed, tmp_path, ch
         assert session.listdir("/") == [name]
         changed = bastion_cli(testbed.data_dir, *[alice.name if part == "NAME" else part for part in change])
         assert changed.returncode == 0, changed.stderr
-        assert _read_until_cut(session) < 10
+        _read_until_cut(session)
     finally:
         client.close()
     assert wait_for_sessions(testbed, alice.name)[0]["end_reason"] == "access revoked or expired"
